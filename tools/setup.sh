@@ -44,3 +44,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   echo "setup: .venv is up to date"
 fi
+
+# A separate venv with the real `webknossos` package writes WebKnossos test fixtures; it pins
+# versions that must not leak into .venv (see the script).
+bash tools/setup-webknossos-venv.sh >/dev/null

@@ -4,6 +4,7 @@ Public API (imported lazily so that ``import em5m`` stays cheap):
 
 - :class:`Volume`: a lazy EM image/volume with named axes and voxel size.
 - :func:`open_volume`, :func:`save_volume`: read any supported format; write OME-Zarr or TIFF.
+- :func:`open_source`: the same for remote services (OpenOrganelle, WebKnossos, BossDB, EMPIAR).
 - :mod:`em5m.datasets`: the reference EM datasets (``EMSSL_DATA``).
 - :mod:`em5m.synth`: procedural EM phantoms with ground truth.
 """
@@ -31,12 +32,14 @@ __all__ = [
     "Volume",
     "VolumeNotFoundError",
     "__version__",
+    "open_source",
     "open_volume",
     "save_volume",
 ]
 
 if TYPE_CHECKING:
     from em5m.io import open_volume
+    from em5m.sources import open_source
     from em5m.write import save_volume
 
 
@@ -49,7 +52,11 @@ def __getattr__(name: str) -> Any:
         from em5m.write import save_volume
 
         return save_volume
-    if name in ("datasets", "synth"):
+    if name == "open_source":
+        from em5m.sources import open_source
+
+        return open_source
+    if name in ("datasets", "synth", "sources", "catalog"):
         import importlib
 
         return importlib.import_module(f"em5m.{name}")
