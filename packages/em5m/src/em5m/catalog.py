@@ -3,7 +3,8 @@
 A catalog is a YAML file validated by pydantic. One entry per dataset: where it lives (a URI any
 `em5m.sources` connector understands), what it is (modality, species, tissue), its licence and
 citation, and how to sample it. An entry without a licence is refused: a corpus must be able to
-say under which terms every tile may be used.
+say under which terms every tile may be used. A refused entry is left out and recorded
+(`Catalog.rejected`); the other entries are still used.
 
 Example YAML::
 
@@ -31,7 +32,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from em5m.errors import EMDataError
 
@@ -127,6 +136,12 @@ class Catalog(BaseModel):
     version: Literal[1] = 1
     defaults: CatalogDefaults = Field(default_factory=CatalogDefaults)
     datasets: list[DatasetEntry]
+    _rejected: list[RejectedEntry] = PrivateAttr(default_factory=list)
+
+    @property
+    def rejected(self) -> list[RejectedEntry]:
+        """Entries `load_catalog` left out (invalid, no licence, repeated id)."""
+        return list(self._rejected)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Catalog:
@@ -159,11 +174,81 @@ def _expand_env(text: str, path: Path) -> str:
     return _ENV.sub(sub, text)
 
 
-def load_catalog(path: str | os.PathLike[str]) -> Catalog:
+class InvalidCatalogEntryError(EMDataError):
+    """One dataset entry of a catalog is invalid (the other entries are still used)."""
+
+
+class MissingLicenceError(InvalidCatalogEntryError):
+    """A dataset entry has no (or a blank) licence: its tiles could not be redistributed."""
+
+
+class RejectedEntry(BaseModel):
+    """A catalog entry that failed validation, kept so that a run can report it.
+
+    Args:
+        index: position of the entry in ``datasets`` (0-based).
+        id: its ``id`` when it had a usable one.
+        error: class name of the error (`MissingLicenceError`, `InvalidCatalogEntryError`).
+        message: what is wrong, naming every invalid field.
+    """
+
+    index: int
+    id: str | None = None
+    error: str
+    message: str
+
+    def to_error(self) -> InvalidCatalogEntryError:
+        missing = self.error == "MissingLicenceError"
+        cls = MissingLicenceError if missing else InvalidCatalogEntryError
+        where = f"datasets[{self.index}]" + (f" ({self.id})" if self.id else "")
+        return cls(where, self.message)
+
+
+def _problems(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+
+
+def _reject(
+    index: int, raw: object, err: ValidationError | None, message: str | None = None
+) -> RejectedEntry:
+    ident = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+    licence_bad = err is not None and any(e["loc"][:1] == ("licence",) for e in err.errors())
+    return RejectedEntry(
+        index=index,
+        id=ident,
+        error="MissingLicenceError" if licence_bad else "InvalidCatalogEntryError",
+        message=message or f"invalid dataset entry: {_problems(err)}",  # type: ignore[arg-type]
+    )
+
+
+def load_catalog(path: str | os.PathLike[str], *, strict: bool = False) -> Catalog:
     """Read and validate a catalog YAML; ``${VAR}`` in it expands from the environment.
 
+    An invalid dataset entry (for example one without a licence) does not sink the catalog: it is
+    left out and recorded in `Catalog.rejected` (index, id, named error), so that a curation run
+    reports it and goes on with the valid entries. Entries repeating an earlier id are rejected.
+
+    Args:
+        path: the YAML file.
+        strict: raise on the first rejected entry instead (the old behaviour).
+
     Raises:
-        EMDataError: naming the file and every invalid field (for example a missing licence).
+        EMDataError: the file is missing, not YAML, or its top level (version, defaults,
+            datasets list) is invalid.
+        InvalidCatalogEntryError: with ``strict=True``, for the first rejected entry
+            (`MissingLicenceError` when the licence is missing).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+        >>> _ = p.write_text(
+        ...     "datasets:\\n"
+        ...     "  - {id: a, uri: /x, modality: TEM, species: mouse, licence: MIT, citation: A}\\n"
+        ...     "  - {id: b, uri: /y, modality: TEM, species: mouse, citation: B}\\n"
+        ... )
+        >>> cat = load_catalog(p)
+        >>> [d.id for d in cat.datasets], [(r.id, r.error) for r in cat.rejected]
+        (['a'], [('b', 'MissingLicenceError')])
     """
     path = Path(path)
     if not path.is_file():
@@ -172,21 +257,44 @@ def load_catalog(path: str | os.PathLike[str]) -> Catalog:
         raw = yaml.safe_load(_expand_env(path.read_text(), path))
     except yaml.YAMLError as err:
         raise EMDataError(path, f"not valid YAML: {err}") from None
-    try:
-        return Catalog.model_validate(raw)
+    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), list):
+        raise EMDataError(path, "invalid catalog: the top level needs a 'datasets' list")
+    try:  # version, defaults and unknown top-level keys: these do sink the file
+        top = Catalog.model_validate({**raw, "datasets": []})
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise EMDataError(path, f"invalid catalog: {problems}") from None
+        raise EMDataError(path, f"invalid catalog: {_problems(err)}") from None
+    entries: list[DatasetEntry] = []
+    rejected: list[RejectedEntry] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw["datasets"]):
+        try:
+            entry = DatasetEntry.model_validate(item)
+        except ValidationError as err:
+            rejected.append(_reject(i, item, err))
+            continue
+        if entry.id in seen:
+            rejected.append(_reject(i, item, None, f"dataset id {entry.id!r} is repeated"))
+            continue
+        seen.add(entry.id)
+        entries.append(entry)
+    if strict and rejected:
+        raise rejected[0].to_error()
+    catalog = Catalog(version=top.version, defaults=top.defaults, datasets=entries)
+    catalog._rejected = rejected
+    return catalog
 
 
 def validate_entry(raw: dict, *, where: str = "<entry>") -> DatasetEntry:
-    """Validate one entry on its own (used to report bad entries without dropping the catalog)."""
+    """Validate one entry on its own (used to report bad entries without dropping the catalog).
+
+    Raises:
+        MissingLicenceError: the licence is missing or blank.
+        InvalidCatalogEntryError: any other invalid field.
+    """
     try:
         return DatasetEntry.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise EMDataError(where, f"invalid dataset entry: {problems}") from None
+        rej = _reject(0, raw, err)
+        missing = rej.error == "MissingLicenceError"
+        cls = MissingLicenceError if missing else InvalidCatalogEntryError
+        raise cls(where, rej.message) from None

@@ -85,6 +85,44 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from em5m.curate import CurateConfig, SampleOptions, curate
+    from em5m.curate.report import summarize
+
+    cfg = CurateConfig(sample=SampleOptions(unit_tiles=args.unit_tiles))
+    report = curate(
+        args.catalog,
+        args.out,
+        config=cfg,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    if args.quiet:
+        print(summarize(report))
+    return 0 if report["complete"] or not args.strict else 1
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from em5m.curate.stats import corpus_stats, histogram_png
+
+    stats = corpus_stats(args.dir)
+    png = histogram_png(stats, args.png or Path(args.dir) / "pixel_size_hist.png")
+    stats["histogram_png"] = str(png)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def _cmd_montage(args: argparse.Namespace) -> int:
+    from em5m.curate.stats import montage
+
+    path = montage(args.dir, args.out, n=args.n, seed=args.seed, tile_px=args.tile_px)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="em5m", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -116,6 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("curate", help="curate a dataset catalog into sharded 2D tiles + manifest")
+    p.add_argument("catalog", help="catalog YAML")
+    p.add_argument("--out", required=True, help="output directory (an earlier run is resumed)")
+    p.add_argument("--scheduler", help="dask.distributed scheduler address (default: threads)")
+    p.add_argument("--workers", type=int, help="local threads (default: CPU count)")
+    p.add_argument("--unit-tiles", type=int, default=256, help="at most this many tiles per unit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
+    p.add_argument("--strict", action="store_true", help="exit 1 when anything failed")
+    p.set_defaults(func=_cmd_curate)
+
+    p = sub.add_parser("stats", help="corpus counts by modality/species/organ; pixel-size PNG")
+    p.add_argument("dir", help="curation output directory")
+    p.add_argument("--png", help="histogram path (default DIR/pixel_size_hist.png)")
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("montage", help="grid PNG of random tiles of a curated corpus")
+    p.add_argument("dir", help="curation output directory")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile-px", type=int, default=128, help="size of each tile in the grid")
+    p.set_defaults(func=_cmd_montage)
     return parser
 
 
