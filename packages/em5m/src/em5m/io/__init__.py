@@ -23,14 +23,19 @@ import os
 from collections.abc import Sequence
 from types import ModuleType
 
-from em5m.errors import InvalidVolumeError, UnsupportedFormatError, VolumeNotFoundError
+from em5m.errors import (
+    EMDataError,
+    InvalidVolumeError,
+    UnsupportedFormatError,
+    VolumeNotFoundError,
+)
 from em5m.io import hdf5, mrc, n5, precomputed, slices, tiff
 from em5m.io import zarr as zarr_io
 from em5m.io._sniff import describe, sniff
 from em5m.io._uri import ParsedURI, parse_uri
 from em5m.volume import Volume
 
-__all__ = ["READERS", "open_volume", "parse_uri", "reader_for"]
+__all__ = ["READERS", "can_open", "open_volume", "parse_uri", "reader_for"]
 
 #: Readers in detection order: directory formats with explicit markers first, then files by
 #: extension/content, and the catch-all slice directory last.
@@ -87,6 +92,22 @@ def reader_for(parsed: ParsedURI) -> ModuleType:
         f"unsupported file: extension {ext}, content looks like {describe(kind)}; "
         "supported: TIFF, PNG/JPEG, MRC, HDF5, Zarr, N5, neuroglancer precomputed",
     )
+
+
+def can_open(uri: str | os.PathLike[str]) -> bool:
+    """Whether some reader recognises ``uri`` (cheap: metadata and magic bytes only).
+
+    For plugin hosts such as napari that must decide before opening; errors mean "no".
+
+    Examples:
+        >>> can_open("/no/such/file.tif")
+        False
+    """
+    try:
+        reader_for(parse_uri(os.fspath(uri)))
+    except EMDataError:
+        return False
+    return True
 
 
 def open_volume(
