@@ -3,13 +3,12 @@ the local source, including real EM data from EMSSL_DATA."""
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
-import sys
 import threading
 import time
 from pathlib import Path
 
+import em5m_tests_fixtures_sources as fx  # registered by conftest.py
 import numpy as np
 import pytest
 import tifffile
@@ -26,25 +25,6 @@ from em5m.sources import (
 )
 from em5m.sources.base import ByteBudget, Limits, RateLimiter, SourceContext, TransientError
 from em5m.sources.http import HttpClient, parse_index
-
-
-def _fixtures():
-    name = "em5m_tests_fixtures_sources"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_sources.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _fixtures()
-http_server = fx.http_server
-_server_session = fx._server_session
-closed_port = fx.closed_port
-
 
 # -- options, limits ------------------------------------------------------------------------
 

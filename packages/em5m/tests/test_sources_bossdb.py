@@ -4,31 +4,14 @@ tensorstore served as the public bucket, and the intern fallback's error."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
+import em5m_tests_fixtures_sources as fx  # registered by conftest.py
 import numpy as np
 import pytest
 
 from em5m.sources import SourceNotFoundError, UnsupportedSourceError, open_source
 from em5m.sources.bossdb import boss_levels, parse_uri
-
-
-def _fixtures():
-    name = "em5m_tests_fixtures_sources"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_sources.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _fixtures()
-http_server = fx.http_server
-_server_session = fx._server_session
 
 DATA = fx.volume_data((6, 64, 48), seed=3)
 CHANNEL = "/v1/collection/testcoll/experiment/testexp/channel/em"

@@ -3,11 +3,10 @@ pages, files with Range support): resumed downloads, checksums, cache, DM4, retr
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import em5m_tests_fixtures_sources as fx  # registered by conftest.py
 import mrcfile
 import numpy as np
 import pytest
@@ -23,24 +22,6 @@ from em5m.sources import (
     open_source,
 )
 from em5m.sources.dm4 import open_dm, read_dm
-
-
-def _fixtures():
-    name = "em5m_tests_fixtures_sources"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_sources.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _fixtures()
-http_server = fx.http_server
-_server_session = fx._server_session
-closed_port = fx.closed_port
 
 ACC, NUM = "EMPIAR-10999", "10999"
 VOLUME = fx.volume_data((12, 40, 56), seed=5)

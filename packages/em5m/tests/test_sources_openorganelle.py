@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import em5m_tests_fixtures_sources as fx  # registered by conftest.py
 import numpy as np
 import pytest
 
@@ -16,24 +15,6 @@ from em5m.sources import (
     error_record,
     open_source,
 )
-
-
-def _fixtures():
-    name = "em5m_tests_fixtures_sources"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_sources.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _fixtures()
-http_server = fx.http_server
-_server_session = fx._server_session
-closed_port = fx.closed_port
 
 DATA = fx.volume_data((8, 64, 48))
 ID = "jrc_test-1"

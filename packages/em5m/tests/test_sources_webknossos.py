@@ -3,12 +3,11 @@ from disk and through a 127.0.0.1 server laid out like WEBKNOSSOS' API + Zarr st
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
+import em5m_tests_fixtures_sources as fx  # registered by conftest.py
 import numpy as np
 import pytest
 
@@ -20,22 +19,6 @@ from em5m.sources import (
 )
 from em5m.sources.webknossos import parse_layers, parse_voxel_size
 
-
-def _fixtures():
-    name = "em5m_tests_fixtures_sources"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_sources.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _fixtures()
-http_server = fx.http_server
-_server_session = fx._server_session
 wk_dataset = fx.wk_dataset
 
 DATASET_ID = "65f0c0ffee0123456789abcd"
