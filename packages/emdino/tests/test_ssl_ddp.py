@@ -1,5 +1,5 @@
 """2-process gloo DDP (torchrun) gives the loss trajectory of one process with the same global
-batch (twice each rank's batch)."""
+batch (twice each rank's batch); so does FSDP, including a resume (slow)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(out: Path, nproc: int) -> list[dict]:
+def _run(out: Path, nproc: int, extra: tuple[str, ...] = ()) -> list[dict]:
     cmd = [sys.executable, "-m", "emdino.ssl.train", "tiny_test", "--out", str(out)]
     if nproc > 1:
         cmd = [
@@ -49,20 +49,39 @@ def _run(out: Path, nproc: int) -> list[dict]:
         ]  # fmt: skip
     for s in SETTINGS:
         cmd += ["--set", s]
+    cmd += list(extra)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
 
 
-def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
-    single = _run(tmp_path / "single", 1)
-    ddp = _run(tmp_path / "ddp", 2)
-    start = [r for r in read_jsonl(tmp_path / "ddp" / "metrics.jsonl") if r.get("event")]
-    assert start[0]["world_size"] == 2
-    assert [r["step"] for r in single] == [r["step"] for r in ddp] == [1, 2, 3, 4]
-    for a, b in zip(single, ddp, strict=True):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return _run(tmp_path_factory.mktemp("single"), 1)
+
+
+def _assert_same(single: list[dict], other: list[dict]) -> None:
+    assert [r["step"] for r in single] == [r["step"] for r in other] == [1, 2, 3, 4]
+    for a, b in zip(single, other, strict=True):
         for k in ("loss", "dino", "koleo", "ibot"):
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), (a["step"], k)
     # The steps update the model: the trajectory is not flat, so equality is not trivial.
     assert len({round(r["loss"], 4) for r in single}) > 1
+
+
+def test_ddp_two_processes_match_single_process(single: list[dict], tmp_path: Path) -> None:
+    ddp = _run(tmp_path / "ddp", 2)
+    start = [r for r in read_jsonl(tmp_path / "ddp" / "metrics.jsonl") if r.get("event")]
+    assert start[0]["world_size"] == 2
+    _assert_same(single, ddp)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_single_process_and_resume(
+    single: list[dict], tmp_path: Path
+) -> None:
+    fsdp = ("--set", "dist.strategy=fsdp")
+    _run(tmp_path / "fsdp", 2, (*fsdp, "--set", "train.stop_after_steps=2"))
+    resumed = _run(tmp_path / "fsdp", 2, (*fsdp, "--resume"))
+    _assert_same(single, resumed)

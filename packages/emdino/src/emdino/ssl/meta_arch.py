@@ -250,6 +250,12 @@ class SSLMetaArch(nn.Module):
         """EMA: ``teacher <- m * teacher + (1 - m) * student`` for every parameter."""
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        for net in (self.student, self.teacher):
+            # FSDP keeps a root's parameters unsharded after a forward without backward (the
+            # teacher); reshard so both lists hold matching local shards.
+            reshard = getattr(net, "reshard", None)
+            if reshard is not None:
+                reshard()
         s, t = self.param_pairs()
         torch._foreach_mul_(t, momentum)
         torch._foreach_add_(t, s, alpha=1 - momentum)

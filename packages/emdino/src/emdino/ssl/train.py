@@ -85,13 +85,15 @@ def _wrap_student(meta: SSLMetaArch, cfg: PretrainConfig, info: distributed.Dist
         ids = [info.local_rank] if info.device.type == "cuda" else None
         meta.wrap_student(DDP(meta.student, device_ids=ids, broadcast_buffers=False))
         return
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     # Shard student and teacher the same way so the EMA is a local, shard-wise update.
     for net in (meta.student, meta.teacher):
         for blk in net.backbone.vit.blocks:
             fully_shard(blk)
         fully_shard(net)
+    # The teacher runs through teacher_forward, not forward: it needs FSDP's unshard hooks too.
+    register_fsdp_forward_method(meta.teacher, "teacher_forward")
     meta.wrap_student(meta.student)
 
 
