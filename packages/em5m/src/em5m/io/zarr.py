@@ -159,6 +159,30 @@ def _transforms(items: Any) -> tuple[list[float] | None, list[float] | None]:
     return scale, translation
 
 
+def ngff_level_transform(
+    dataset: dict[str, Any],
+    names: Sequence[str],
+    units: dict[str, str | None],
+    global_scale: Sequence[float] | None,
+) -> tuple[list[float] | None, list[float] | None, dict[str, float] | None]:
+    """One NGFF multiscales ``datasets`` entry -> (scale, translation, voxel size in nm by axis).
+
+    The multiscales-wide scale multiplies the level's own; voxel size is None unless the scale
+    covers every axis. Shared by this reader and the remote connectors (em5m.sources).
+    """
+    scale, translation = _transforms(dataset.get("coordinateTransformations"))
+    if scale is not None and global_scale is not None:
+        scale = [a * b for a, b in zip(scale, global_scale, strict=True)]
+    voxel = None
+    if scale is not None and len(scale) == len(names):
+        voxel = {
+            n: to_nm(s, units.get(n))
+            for n, s in zip(names, scale, strict=True)
+            if n in ("z", "y", "x")
+        }
+    return scale, translation, voxel
+
+
 def _open_multiscale(
     path: str,
     group: Any,
@@ -183,16 +207,7 @@ def _open_multiscale(
     global_scale, _ = _transforms(ms.get("coordinateTransformations"))
     levels = []
     for d, arr in zip(datasets, arrays, strict=True):
-        scale, translation = _transforms(d.get("coordinateTransformations"))
-        if scale is not None and global_scale is not None:
-            scale = [a * b for a, b in zip(scale, global_scale, strict=True)]
-        voxel = None
-        if scale is not None and len(scale) == len(names):
-            voxel = {
-                n: to_nm(s, units.get(n))
-                for n, s in zip(names, scale, strict=True)
-                if n in ("z", "y", "x")
-            }
+        scale, translation, voxel = ngff_level_transform(d, names, units, global_scale)
         levels.append(
             {
                 "path": d["path"],

@@ -32,7 +32,6 @@ from em5m.io import zarr as zarr_io
 from em5m.io._build import build_volume
 from em5m.io._checks import resolve_axes
 from em5m.io._lazy import BlockReader, Region, choose_chunks
-from em5m.io._units import to_nm
 from em5m.sources.base import (
     SourceAuthError,
     SourceContext,
@@ -591,16 +590,7 @@ def _open_zarr(
         global_scale, _ = zarr_io._transforms(ms.get("coordinateTransformations"))
         levels = []
         for d, shape in zip(ms["datasets"], shapes, strict=True):
-            scale, translation = zarr_io._transforms(d.get("coordinateTransformations"))
-            if scale is not None and global_scale is not None:
-                scale = [a * b for a, b in zip(scale, global_scale, strict=True)]
-            voxel = None
-            if scale is not None and len(scale) == len(names):
-                voxel = {
-                    n: to_nm(s, units.get(n))
-                    for n, s in zip(names, scale, strict=True)
-                    if n in ("z", "y", "x")
-                }
+            _, translation, voxel = zarr_io.ngff_level_transform(d, names, units, global_scale)
             levels.append(
                 {"path": d["path"], "shape": shape, "voxel_size": voxel, "translation": translation}
             )
