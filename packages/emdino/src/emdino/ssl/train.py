@@ -55,19 +55,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ and that may not change on resume.
 
-    Keys absent from ``old`` are options added after the run started; they are taken to default
-    to the old behaviour and not reported.
+    Keys present in only one of the two are options added or removed between code versions; they
+    are taken to keep the old behaviour and are not reported.
 
     Examples:
         >>> config_changes({"optim": {"base_lr": 1}}, {"optim": {"base_lr": 2}})
         ['optim.base_lr']
     """
     a, b = _flatten(old), _flatten(new)
-    return [
-        k
-        for k in sorted(a)
-        if a[k] != b.get(k, a[k] if k not in b else None) and not k.startswith(RESUMABLE_CHANGES)
-    ]
+    return [k for k in sorted(a) if k in b and a[k] != b[k] and not k.startswith(RESUMABLE_CHANGES)]
 
 
 def _seed_all(seed: int) -> None:
