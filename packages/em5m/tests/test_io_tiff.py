@@ -183,3 +183,10 @@ def test_float_tiff_is_checked_lazily(tmp_path):
     assert vol.axes == ("z", "y", "x")
     assert vol.metadata["check_finite"] is True
     np.testing.assert_array_equal(vol.compute(), data)
+
+
+def test_real_vnc_section_with_integer_compression_code_opens(emssl_data):
+    # tifffile reports this file's compression as a plain int; opening it once raised deep inside.
+    vol = open_volume(emssl_data / "drosophila_vnc_sstem/stack1/raw/00.tif")
+    assert vol.shape == (1024, 1024) and vol.metadata["compression"] == "NONE"
+    assert vol.data[:8, :8].compute().dtype == np.uint8

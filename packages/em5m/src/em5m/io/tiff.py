@@ -117,7 +117,8 @@ def open(  # noqa: A001 - the reader protocol is ``open(uri) -> Volume``
         "series": index,
         "tiff_axes": chosen.axes,
         "voxel_size_source": voxel_source,
-        "compression": str(chosen.keyframe.compression.name),
+        # An enum normally; a plain int for some files (e.g. the Drosophila VNC raw sections).
+        "compression": _compression_name(chosen.keyframe.compression),
     }
     if tif.is_imagej and tif.imagej_metadata:
         metadata["imagej"] = {
@@ -279,3 +280,15 @@ def _scale_voxel(
         if name in ("x", "y", "z") and out.get(name) is not None and n and n != n0:
             out[name] = round_sig(out[name] * n0 / n)  # type: ignore[operator]
     return out
+
+
+def _compression_name(code: Any) -> str:
+    """Name of a TIFF compression code (``NONE``, ``LZW``, ...), from an enum or a plain int."""
+    import tifffile
+
+    if hasattr(code, "name"):
+        return str(code.name)
+    try:
+        return str(tifffile.COMPRESSION(int(code)).name)
+    except (ValueError, TypeError):
+        return str(code)
