@@ -26,7 +26,7 @@ def test_list_and_info(capsys):
         "vit_large_patch14.emdino_v1",
     ):
         assert name in out
-    assert "default: vit_small_patch14.random" in out
+    assert "default: vit_tiny_patch8.emdino" in out
     code, out, _ = run(capsys, "list", "*tiny_patch16*")
     assert "vit_tiny_patch16.random" in out and "dinov2" not in out
     code, out, _ = run(capsys, "info", "emdinov1")
@@ -45,9 +45,9 @@ def test_features_on_a_real_em_image(capsys, tmp_path, emssl_data):
         "--out",
         str(out),
         "--tile",
-        "252",
+        "256",
         "--overlap",
-        "56",
+        "64",
         "--dtype",
         "bf16",
         "--levels",
@@ -55,7 +55,7 @@ def test_features_on_a_real_em_image(capsys, tmp_path, emssl_data):
     )
     assert code == 0, err
     vol = em5m.open_volume(out)
-    assert vol.axes == ("c", "y", "x") and vol.shape == (384, 37, 37)
+    assert vol.axes == ("c", "y", "x") and vol.shape == (192, 64, 64)
     data = vol.data.compute()
     assert np.isfinite(data).all() and data.std() > 0.1
     code, _, err = run(capsys, "features", str(src), "--out", str(out))
@@ -142,7 +142,7 @@ def test_unknown_model_and_bad_options_exit_2(capsys, tmp_path, emssl_data):
     )
     assert code == 2 and "unknown model 'vit_smal_patch14'" in err
     code, _, err = run(capsys, "features", src, "--out", str(tmp_path / "b.zarr"), "--tile", "500")
-    assert code == 2 and "multiple of the patch size 14" in err
+    assert code == 2 and "multiple of the patch size 8" in err
 
 
 def test_embed_checks_every_input_before_computing(tmp_path, emssl_data, monkeypatch):

@@ -239,11 +239,18 @@ def test_weights_without_url_say_where_to_get_them(emdino_home):
     assert str(emdino_home / "weights" / "backbone_emdino_v1.pt") in msg
 
 
-def test_the_default_model_works_offline_without_any_file(emdino_home, monkeypatch):
+def test_the_default_model_is_bundled_and_works_offline(emdino_home, monkeypatch):
     monkeypatch.setenv("EMDINO_OFFLINE", "1")
     model = emdino.load()
-    assert model.name == emdino.default_model() and model.cfg.random_init
+    assert model.name == emdino.default_model() == "vit_tiny_patch8.emdino"
+    assert model.cfg.bundled and not model.cfg.random_init
     assert not emdino_home.exists()  # nothing was fetched or written
+    weights = store.cached_path(model.cfg)
+    assert not weights.with_name(weights.name + ".sha256").exists()  # no stamp in the package
+    # The bundled weights are the trained ones, not a random init of the same architecture.
+    rand = emdino.load("vit_tiny_patch8.random")
+    a, b = model.vit.blocks[0].attn.qkv.weight, rand.vit.blocks[0].attn.qkv.weight
+    assert not torch.allclose(a, b)
 
 
 def test_verify_remembers_the_digest(tmp_path):

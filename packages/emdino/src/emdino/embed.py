@@ -173,6 +173,7 @@ def write_parquet(table: Any, out: str | os.PathLike[str]) -> Path:
     import pyarrow.parquet as pq
 
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out)

@@ -69,13 +69,15 @@ def plan_axis(n: int, tile: int, overlap: int) -> list[AxisTile]:
 
 
 def tile_geometry(model: Backbone, tile: int | None, overlap: int | None) -> tuple[int, int]:
-    """Tile and overlap in tokens from pixel values (defaults: the model's grid, tile / 4).
+    """Tile and overlap in tokens from pixel values (defaults: the model's tile, tile / 4).
 
     Raises:
         ValueError: tile not a positive multiple of the patch size, or overlap >= tile.
     """
     p = model.patch_size
-    tile = model.img_size if tile is None else int(tile)
+    if tile is None:
+        tile = getattr(model.cfg, "default_tile", None) or model.img_size
+    tile = int(tile)
     if tile < p or tile % p:
         raise ValueError(
             f"tile {tile} must be a positive multiple of the patch size {p} "

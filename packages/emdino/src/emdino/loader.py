@@ -263,6 +263,7 @@ def _fit(
 
 def _load_strict(vit: torch.nn.Module, sd: Mapping[str, torch.Tensor], name: str) -> None:
     expected = vit.state_dict()
+    sd = convert.fill_identity_layerscale(sd, expected)
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     shapes = [

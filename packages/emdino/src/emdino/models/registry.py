@@ -81,6 +81,10 @@ class PretrainedCfg:
         pos_interp_antialias: antialias when resampling the position embedding.
         description: one line for ``emdino list``.
         notes: anything a user should know (unknown hash, where the default is going, ...).
+        default_tile: tile side (pixels) for tiled feature extraction when none is given; None
+            means ``img_size`` (a model pretrained on small crops may still prefer larger tiles).
+        bundled: the file ships inside the package (``emdino/models/weights/<filename>``), so it
+            works offline with nothing to download.
     """
 
     arch: str
@@ -101,6 +105,8 @@ class PretrainedCfg:
     description: str = ""
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
+    bundled: bool = False
+    default_tile: int | None = None
 
     @property
     def name(self) -> str:

@@ -360,3 +360,29 @@ def describe(sd: Mapping[str, torch.Tensor]) -> dict[str, int | str]:
         "ffn": ffn,
         "grid": pos_grid(sd)[1] if "pos_embed" in sd else 0,
     }
+
+
+_LAYERSCALE_KEY = re.compile(r"^blocks\.\d+\.ls[12]\.gamma$")
+
+
+def fill_identity_layerscale(
+    sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Add LayerScale gammas of 1 that a model expects and a checkpoint trained without has.
+
+    A block without LayerScale computes exactly what one with ``gamma = 1`` does, so weights
+    trained without it (the bundled EM-DINO ViT-T/8) load into the registered architectures.
+
+    Examples:
+        >>> exp = {"blocks.0.ls1.gamma": torch.empty(4), "blocks.0.norm1.weight": torch.empty(4)}
+        >>> out = fill_identity_layerscale({"blocks.0.norm1.weight": torch.zeros(4)}, exp)
+        >>> out["blocks.0.ls1.gamma"].tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
+    out = dict(sd)
+    if any(_LAYERSCALE_KEY.match(k) for k in sd):
+        return out
+    for k, v in expected.items():
+        if _LAYERSCALE_KEY.match(k) and k not in out:
+            out[k] = torch.ones(v.shape, dtype=torch.float32)
+    return out

@@ -17,6 +17,7 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from emdino.errors import ChecksumError, DownloadError, WeightsNotFoundError
@@ -48,9 +49,14 @@ def offline() -> bool:
 
 
 def cached_path(cfg: PretrainedCfg) -> Path:
-    """Where the file of ``cfg`` lives (or will live) in the cache."""
+    """Where the file of ``cfg`` lives (or will live) in the cache.
+
+    Bundled weights (``cfg.bundled``) ship inside the package, in ``emdino/models/weights/``.
+    """
     if not cfg.filename:
         raise ValueError(f"{cfg.name} has no weights file (random initialisation)")
+    if cfg.bundled:
+        return Path(str(resources.files("emdino.models").joinpath("weights", cfg.filename)))
     return weights_dir() / cfg.filename
 
 
@@ -58,11 +64,14 @@ def _stamp(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def verify(path: Path, sha256: str | None, size: int | None = None) -> str:
+def verify(
+    path: Path, sha256: str | None, size: int | None = None, *, remember: bool = True
+) -> str:
     """Check a file's size and sha256; return its sha256.
 
     The digest is remembered in ``<file>.sha256`` together with the file's size and mtime, so a
-    multi-GB file is hashed once, not at every load.
+    multi-GB file is hashed once, not at every load (``remember=False``: no stamp, e.g. for the
+    small weights bundled inside the installed package, whose folder may be read-only).
 
     Raises:
         ChecksumError: size or digest differ from the expected ones (the message says which file,
@@ -82,8 +91,9 @@ def verify(path: Path, sha256: str | None, size: int | None = None) -> str:
             digest = stored_digest
     if digest is None:
         digest = sha256_file(path)
-        with contextlib.suppress(OSError):
-            _stamp(path).write_text(f"{digest} {key}\n")
+        if remember:
+            with contextlib.suppress(OSError):
+                _stamp(path).write_text(f"{digest} {key}\n")
     if sha256 is not None and digest.lower() != sha256.lower():
         raise ChecksumError(
             f"{path}: sha256 {digest} does not match the expected {sha256.lower()}; "
@@ -249,8 +259,13 @@ def fetch(cfg: PretrainedCfg, *, download_missing: bool = True, progress: bool =
     """
     path = cached_path(cfg)
     if path.is_file():
-        verify(path, cfg.sha256, cfg.size)
+        verify(path, cfg.sha256, cfg.size, remember=not cfg.bundled)
         return path
+    if cfg.bundled:
+        raise WeightsNotFoundError(
+            f"{cfg.name}: the bundled weights file {path} is missing from this installation; "
+            "reinstall emdino"
+        )
     where = f"put {cfg.filename} at {path} (or set EMDINO_HOME to a folder whose weights/ holds it)"
     if cfg.url is None:
         raise WeightsNotFoundError(
