@@ -1,0 +1,71 @@
+"""Whole-image inference with MONAI's sliding window (tiles blended with Gaussian weights).
+
+This is the in-memory path used by training validation and `omniem evaluate`; the out-of-core
+volume engine builds on the same network calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from omniem.nets import OmniEM, activate
+
+
+def predict_image(
+    net: OmniEM,
+    image: np.ndarray | torch.Tensor,
+    *,
+    tile: int = 256,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    dtype: str = "bf16",
+) -> torch.Tensor:
+    """Activated output (`omniem.nets.activate`) of a 2D image ``[H, W]`` -> ``[C, H', W']``.
+
+    Args:
+        net: a 2D OmniEM network.
+        image: uint8 or float in [0, 1].
+        tile: window side in input pixels (smaller images are padded by MONAI).
+        overlap: window overlap fraction.
+        batch_size: windows per forward pass.
+        dtype: ``bf16`` (autocast) or ``fp32``.
+
+    Examples:
+        >>> from omniem.nets import NetConfig, build
+        >>> net = build(NetConfig(backbone="vit_tiny_patch8.random", out_channels=2), img_size=64)
+        >>> predict_image(net, np.zeros((70, 90), np.uint8), tile=64).shape
+        torch.Size([2, 70, 90])
+    """
+    if net.config.spatial_dims != 2:
+        raise ValueError("predict_image runs 2D networks; use the engine for 3D models")
+    x = torch.as_tensor(np.asarray(image))
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2D image [H, W], got shape {tuple(x.shape)}")
+    x = (x.float() / 255.0) if x.dtype == torch.uint8 else x.float()
+    x = x[None, None].to(net.backbone.device)
+    was = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+
+            def run(batch: torch.Tensor) -> torch.Tensor:
+                if dtype == "bf16":
+                    with torch.autocast(batch.device.type, dtype=torch.bfloat16):
+                        return net(batch).float()
+                return net(batch).float()
+
+            tile_hw = (min(tile, x.shape[-2]), min(tile, x.shape[-1]))
+            y = sliding_window_inference(
+                x,
+                roi_size=tile_hw,
+                sw_batch_size=batch_size,
+                predictor=run,
+                overlap=overlap,
+                mode="gaussian",
+                padding_mode="reflect",
+            )
+    finally:
+        net.train(was)
+    return activate(y, net.config.task)[0]

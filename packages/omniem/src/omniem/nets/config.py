@@ -1,0 +1,81 @@
+"""`NetConfig`: everything needed to rebuild an OmniEM network (saved with every model file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: What the output means.
+#: semantic: C-class logits (softmax); instances: C sigmoid channels (foreground, boundary, ...);
+#: restoration: one image channel, predicted as a residual on the (up-scaled) input.
+Task = Literal["semantic", "instances", "restoration"]
+
+#: Which backbone parameters train: none; low-rank updates of attention; the last k blocks; all.
+BackboneMode = Literal["frozen", "lora", "last_k", "full"]
+
+
+class NetConfig(BaseModel):
+    """Architecture of an OmniEM network.
+
+    Args:
+        backbone: emdino model name (``emdino list``) or checkpoint path.
+        spatial_dims: 2 (images ``[B, 1, H, W]``) or 3 (volumes ``[B, 1, Z, H, W]``; slices share
+            the 2D encoder and decoder, z-context through zero-initialized adapters).
+        task: output type, see `Task`.
+        out_channels: number of output channels (classes for ``semantic``).
+        levels: backbone blocks tapped, shallow to deep; the last one feeds the bottleneck. Default:
+            ``floor(log2(patch))`` evenly spaced blocks ending with the last.
+        feature_size: channels of the full-resolution decoder stage (doubling per coarser stage).
+        norm: MONAI normalization name for the decoder blocks.
+        dropout: dropout before the output convolution.
+        z_kernel: kernel of the z-adapters (3D only).
+        adapter_dim: bottleneck width of the token z-adapters.
+        backbone_mode: see `BackboneMode`.
+        lora_rank: rank of the LoRA updates (``backbone_mode="lora"``).
+        last_k: number of trained blocks (``backbone_mode="last_k"``).
+        output_scale: input up-scaling (bicubic) before the network, for super-resolution.
+        grad_checkpointing: recompute backbone activations in the backward pass (less memory).
+
+    Examples:
+        >>> NetConfig(task="semantic", out_channels=2).spatial_dims
+        2
+        >>> NetConfig(task="restoration", out_channels=3)
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for NetConfig
+          Value error, restoration predicts one image channel; out_channels must be 1, got 3 ...
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = "default"
+    spatial_dims: Literal[2, 3] = 2
+    task: Task = "semantic"
+    out_channels: int = Field(2, ge=1)
+    levels: list[int] | None = None
+    feature_size: int = Field(32, ge=4)
+    norm: str = "instance"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    z_kernel: int = Field(3, ge=1)
+    adapter_dim: int = Field(64, ge=1)
+    backbone_mode: BackboneMode = "full"
+    lora_rank: int = Field(8, ge=1)
+    last_k: int = Field(4, ge=1)
+    output_scale: float = Field(1.0, ge=1.0)
+    grad_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> NetConfig:
+        if self.task == "restoration" and self.out_channels != 1:
+            raise ValueError(
+                f"restoration predicts one image channel; out_channels must be 1, got "
+                f"{self.out_channels}"
+            )
+        if self.task == "semantic" and self.out_channels < 2:
+            raise ValueError("semantic segmentation needs out_channels >= 2 (background + classes)")
+        if self.z_kernel % 2 == 0:
+            raise ValueError(f"z_kernel must be odd, got {self.z_kernel}")
+        if self.output_scale != 1.0 and self.task != "restoration":
+            raise ValueError("output_scale (super-resolution) needs task='restoration'")
+        return self

@@ -1,0 +1,102 @@
+"""`omniem evaluate` and `predict_image` on real Lucchi++ slices written as PNG folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omniem import metrics
+from omniem.cli import main
+from omniem.infer import predict_image
+from omniem.modelfile import save_model
+from omniem.nets import NetConfig, build
+
+
+@pytest.fixture(scope="module")
+def val_pngs(emssl_data, tmp_path_factory):
+    import em5m.datasets
+
+    va = em5m.datasets.load("lucchi_pp", split="val")
+    d = tmp_path_factory.mktemp("val")
+    (d / "images").mkdir()
+    (d / "labels").mkdir()
+    for k in range(3):
+        crop = (slice(200, 328), slice(300, 460))
+        Image.fromarray(va.image[k][crop]).save(d / "images" / f"{k:04d}.png")
+        lab = va.labels["mitochondria"][k][crop].astype(np.uint8) * 255
+        Image.fromarray(lab).save(d / "labels" / f"{k:04d}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = build(
+        NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8), img_size=64
+    )
+    return net, save_model(
+        net, tmp_path_factory.mktemp("m") / "tiny.safetensors", card={"name": "tiny"}
+    )
+
+
+def test_predict_image_gives_class_probabilities(tiny_model, val_pngs):
+    net, _ = tiny_model
+    img = np.asarray(Image.open(val_pngs / "images" / "0000.png"))
+    p = predict_image(net, img, tile=64, dtype="fp32")
+    assert p.shape == (2, *img.shape)
+    torch.testing.assert_close(p.sum(0), torch.ones(img.shape))  # softmax over classes
+
+
+def test_evaluate_cli_writes_pooled_scores(tiny_model, val_pngs, tmp_path, capsys):
+    net, path = tiny_model
+    out = tmp_path / "scores.json"
+    code = main(["evaluate", "--model", str(path), "--images", str(val_pngs / "images"),
+                 "--labels", str(val_pngs / "labels"), "--json", str(out), "--tile", "64",
+                 "--dtype", "fp32"])  # fmt: skip
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["n_images"] == 3 and {"iou", "dice", "precision", "recall"} <= set(res)
+    # The same numbers computed here: predictions pooled over the three images.
+    counts = metrics.SegmentationCounts(2)
+    for k in range(3):
+        img = np.asarray(Image.open(val_pngs / "images" / f"{k:04d}.png"))
+        lab = np.asarray(Image.open(val_pngs / "labels" / f"{k:04d}.png")) > 0
+        pred = predict_image(net, img, tile=64, dtype="fp32").argmax(0).numpy()
+        counts.update(pred, lab.astype(np.int64))
+    assert res["iou"] == pytest.approx(counts.iou()[1], abs=1e-9)
+    assert res["recall"] == pytest.approx(counts.recall()[1], abs=1e-9)
+
+
+def test_evaluate_errors_name_the_problem(tiny_model, val_pngs, tmp_path, capsys):
+    _, path = tiny_model
+    (tmp_path / "two").mkdir()
+    for k in range(2):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "two" / f"{k}.png")
+    imgs, two, x_json = str(val_pngs / "images"), str(tmp_path / "two"), str(tmp_path / "x.json")
+    code = main(
+        ["evaluate", "--model", str(path), "--images", imgs, "--labels", two, "--json", x_json]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "3" in err and "2" in err and "Traceback" not in err
+    labs, y_json = str(val_pngs / "labels"), str(tmp_path / "y.json")
+    code = main(
+        ["evaluate", "--model", "no-such", "--images", imgs, "--labels", labs, "--json", y_json]
+    )
+    assert code == 2 and "no OmniEM model named 'no-such'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
+
+
+def test_registry_lists_and_loads_the_bundled_mito_model():
+    import omniem
+
+    assert "mito-2d" in omniem.list_models()
+    info = omniem.info("mito-2d")
+    assert (
+        info["bundled"] and info["net"]["task"] == "semantic" and info["card"]["name"] == "mito-2d"
+    )
+    net = omniem.load("mito-2d")
+    assert net.config.backbone == "vit_tiny_patch8.emdino" and net.config.out_channels == 2

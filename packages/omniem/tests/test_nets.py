@@ -1,0 +1,138 @@
+"""The OmniEM network on every emdino architecture; 3D = 2D at zero init; training modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import emdino
+from emdino.backbone import Backbone
+from emdino.models.registry import get_pretrained, list_archs
+from omniem.nets import NetConfig, OmniEM, build, default_levels
+
+
+def tiny_backbone(arch_name: str, *, depth: int = 4) -> Backbone:
+    """Architecture ``arch_name`` shrunk in width and depth (same patch, registers, block type)."""
+    from emdino.models.registry import get_arch
+
+    arch = get_arch(arch_name)
+    p = arch.patch_size
+    params = dict(arch.params, embed_dim=48, num_heads=2, depth=depth)
+    torch.manual_seed(0)
+    vit = arch.builder(**params, img_size=4 * p, in_chans=1)
+    cfg = get_pretrained(f"{arch_name}.random")
+    return Backbone(vit, cfg, [0.5], [0.25]).eval()
+
+
+@pytest.mark.parametrize("arch", list_archs())
+def test_builds_and_runs_on_every_registered_architecture(arch: str) -> None:
+    bb = tiny_backbone(arch)
+    p = bb.patch_size
+    net = OmniEM(bb, NetConfig(backbone=f"{arch}.random", out_channels=3, feature_size=8))
+    h, w = 3 * p + 5, 2 * p + 3  # not multiples of the patch: padded inside, cropped back
+    y = net(torch.rand(2, 1, h, w))
+    assert y.shape == (2, 3, h, w)
+    assert torch.isfinite(y).all()
+    assert len(net.levels) == len(default_levels(4, p))
+    y.mean().backward()  # every decoder part receives a gradient
+    assert net.stem.layer.conv1.conv.weight.grad.abs().sum() > 0
+    assert all(s.transp_conv_init.conv.weight.grad.abs().sum() > 0 for s in net.skips)
+
+
+def test_real_size_default_backbone_shapes() -> None:
+    net = build(NetConfig(backbone="vit_tiny_patch8.random", out_channels=2), img_size=64)
+    assert net.levels == [3, 7, 11]
+    assert net(torch.rand(1, 1, 64, 96)).shape == (1, 2, 64, 96)
+
+
+def test_3d_at_zero_init_equals_2d_slice_by_slice() -> None:
+    cfg2 = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8)
+    net2 = build(cfg2, img_size=32).eval()
+    net3 = build(cfg2.model_copy(update={"spatial_dims": 3}), img_size=32).eval()
+    shared = {k: v for k, v in net2.state_dict().items()}
+    missing, unexpected = net3.load_state_dict(shared, strict=False)
+    assert not unexpected and all(k.startswith(("z_adapters", "z_mixers")) for k in missing)
+    x = torch.rand(2, 1, 5, 40, 48)
+    y3 = net3(x)
+    y2 = torch.stack([net2(x[:, :, z]) for z in range(5)], dim=2)
+    assert y3.shape == (2, 2, 5, 40, 48)
+    torch.testing.assert_close(y3, y2, atol=1e-5, rtol=1e-5)
+    # The adapters do mix slices once trained: perturbing them changes the output across z.
+    with torch.no_grad():
+        for a in net3.z_adapters:
+            a.up.weight.normal_(0, 0.1)
+    x2 = x.clone()
+    x2[:, :, 0] = 0.5
+    d = (net3(x2) - net3(x)).abs().amax(dim=(0, 1, 3, 4))
+    assert d[1] > 1e-4  # slice 1 sees slice 0
+
+
+def test_backbone_modes_freeze_the_right_parameters() -> None:
+    def trainable(mode: str) -> set[str]:
+        net = build(
+            NetConfig(backbone="vit_tiny_patch8.random", backbone_mode=mode, last_k=2), img_size=32
+        )
+        return {n for n, p in net.named_parameters() if p.requires_grad}
+
+    frozen, lora, last_k, full = (trainable(m) for m in ("frozen", "lora", "last_k", "full"))
+    assert not any(n.startswith("backbone.") for n in frozen)
+    assert not any(n.startswith("backbone.") for n in lora) and any(
+        n.startswith("lora.") for n in lora
+    )
+    bb_last = {n for n in last_k if n.startswith("backbone.")}
+    assert bb_last and all(
+        n.startswith(("backbone.vit.blocks.10", "backbone.vit.blocks.11", "backbone.vit.norm"))
+        for n in bb_last
+    )
+    assert {n for n in full if n.startswith("backbone.")} >= bb_last
+
+
+def test_lora_starts_at_identity_and_trains() -> None:
+    cfg = NetConfig(backbone="vit_tiny_patch8.random", backbone_mode="lora", feature_size=8)
+    net = build(cfg, img_size=32)
+    ref = build(cfg.model_copy(update={"backbone_mode": "frozen"}), img_size=32)
+    ref.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("lora")})
+    x = torch.rand(1, 1, 32, 32)
+    net.eval(), ref.eval()
+    torch.testing.assert_close(net(x), ref(x))
+    net.train()
+    net(x).mean().backward()
+    assert net.lora[0].b.weight.grad.abs().sum() > 0  # gradient reaches the first block's LoRA
+
+
+def test_restoration_is_residual_and_super_resolution_scales() -> None:
+    net = build(
+        NetConfig(
+            backbone="vit_tiny_patch8.random",
+            task="restoration",
+            out_channels=1,
+            output_scale=2.0,
+            feature_size=8,
+        ),
+        img_size=32,
+    )
+    with torch.no_grad():
+        net.out.conv.conv.weight.zero_()
+        net.out.conv.conv.bias.zero_()
+    x = torch.rand(1, 1, 20, 24)
+    y = net(x)
+    assert y.shape == (1, 1, 40, 48)
+    up = torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic").clamp(0, 1)
+    torch.testing.assert_close(y, up)  # a zero head returns the up-scaled input
+
+
+def test_bad_arguments_raise_value_errors() -> None:
+    with pytest.raises(ValueError, match="out_channels must be 1"):
+        NetConfig(task="restoration", out_channels=2)
+    with pytest.raises(ValueError, match="output_scale"):
+        NetConfig(task="semantic", output_scale=2)
+    bb = emdino.load("vit_tiny_patch8.random", img_size=32)
+    with pytest.raises(ValueError, match="levels"):
+        OmniEM(bb, NetConfig(levels=[7, 3, 11]))
+    with pytest.raises(ValueError, match="up-sampling stages"):
+        OmniEM(bb, NetConfig(levels=[1, 3, 5, 11]))
+    net = OmniEM(bb, NetConfig())
+    with pytest.raises(ValueError, match=r"expected \[B, 1, H, W\]"):
+        net(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        net(torch.rand(1, 1, 32, 32) * 5)

@@ -1,0 +1,78 @@
+"""Write the mito-2d model card (markdown) from its training run, benchmark and evaluation JSON.
+
+Usage::
+
+    python tools/cards/mito_2d_card.py --run RUN_DIR --bench BENCH.json --eval EVAL.json \
+        --out packages/omniem/src/omniem/models/cards/mito-2d.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--bench", required=True)
+    ap.add_argument("--eval", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    run = Path(a.run)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = max(r["step"] for r in recs)
+    wall = max(r.get("wall_s", 0) for r in recs)
+    bench = json.loads(Path(a.bench).read_text())
+    ev = json.loads(Path(a.eval).read_text())
+    u, o = bench.get("unet", {}), bench.get("omniem", {})
+    text = f"""# mito-2d
+
+Mitochondria segmentation of 2D EM images (2 classes: background, mitochondrion), an OmniEM
+network (`omniem.nets.OmniEM`) on the bundled EM-DINO ViT-T/8 (`vit_tiny_patch8.emdino`),
+fine-tuned end to end (decoder lr 1e-3, backbone lr 1e-4).
+
+## Data and licence
+
+- Training: Lucchi++ (mouse hippocampus CA1, FIB-SEM, 5 nm) slices 0-131 of the training half
+  (em5m `lucchi_pp/train`); validation: slices 132-164, the last 33 (`lucchi_pp/val`), not seen in
+  training. EPFL public research release; cite Lucchi et al. 2012 and Casser et al. 2020.
+- The backbone was pretrained on data including research-only and CC BY-NC-SA 3.0 sets (see its
+  card): treat these weights as research / non-commercial use.
+- Training voxel size: 5 nm; the engine resamples other pixel sizes to it.
+
+## Training
+
+- Recipe `mito_2d` (`omniem train mito_2d`), run by `tools/bench/mito_baseline.py --budget-min 25`:
+  wall-clock budget {bench["budget_s"] / 60:.0f} min, {steps} steps of batch 8 (256 px crops, half
+  centred on mitochondria, flips/rot90/gamma/intensity), DiceCE, AdamW, warm-up + cosine over the
+  budget, bf16 autocast; {wall / 60:.1f} min of training wall time.
+- Hardware: 2 CPU cores (AVX-512 BF16, no AMX), 24 GiB RAM, no GPU.
+
+## Scores on the 33 Lucchi++ validation slices (pixels pooled)
+
+`omniem evaluate --model mito-2d --images VAL/images --labels VAL/labels --json out.json`:
+
+| metric | mito-2d |
+|---|---|
+| IoU | {ev["iou"]:.3f} |
+| Dice | {ev["dice"]:.3f} |
+| precision | {ev["precision"]:.3f} |
+| recall | {ev["recall"]:.3f} |
+
+Same budget, same run (`tools/bench/mito_baseline.py`): plain MONAI 2D UNet (32-512 channels,
+2 residual units) IoU **{u.get("iou", float("nan")):.3f}** after {u.get("steps", 0)} steps;
+OmniEM IoU **{o.get("iou", float("nan")):.3f}** after {o.get("steps", 0)} steps.
+
+**Target not met**: issue 6 asks for IoU >= 0.90 and above the UNet. On two CPU cores one OmniEM
+step (a ViT-T/8 over 1024 tokens per 256 px crop plus a full-resolution decoder) costs about
+six UNet steps, so in the same wall clock it sees six times fewer crops.
+"""
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text)
+    print(a.out)
+
+
+if __name__ == "__main__":
+    main()
