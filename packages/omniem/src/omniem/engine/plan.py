@@ -1,0 +1,176 @@
+"""`plan`: what a `predict` run would do, without running it.
+
+Memory estimate (bytes, an estimate from shapes, not a measurement), for the largest block:
+
+- ``params``: model parameter bytes.
+- ``source``: the block's source region under its tiles (block + halo), stored dtype plus a
+  float32 copy: ``bz * sh * sw * (itemsize + 4)``, plus ``2 * bz * rh * rw * 4`` for the
+  model-space (resampled, padded) input; ``rh x rw`` is the union of the block's tiles.
+- ``accumulators``: ``bz * rh * rw * (2 C + 1) * 4`` (weighted sums, the normalized result,
+  weight sums).
+- ``output_block``: ``C * bz * bh * bw * (4 + out itemsize)``.
+- ``batch``: tiles in and out, ``B * t^2 * (1 + C) * 4``, plus activations of one batch of an
+  OmniEM model, ``B * 4 * (16 * F * t^2 + 12 * D * N + heads * N^2)`` with ``F`` the decoder
+  feature size, ``D`` the ViT width, ``N = ceil(t / p)^2`` tokens (the terms: full-resolution
+  decoder and stem maps, token activations of a block, one attention matrix). For a plain
+  callable the activations are unknown and counted as ``B * t^2 * 16 * 4``.
+- ``result``: without a target, the whole in-memory result.
+
+Time (``time_batch=True`` only): one warm-up batch, then the mean of two timed batches of
+``batch_size`` tiles, times the number of forward passes of the run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from omniem.engine import run as R
+
+__all__ = ["plan"]
+
+
+def plan(
+    model: Any,
+    source: Any,
+    target: Any = None,
+    *,
+    time_batch: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Blocks, tiles, memory, disk and (optionally) time of ``predict(model, source, target, ...)``.
+
+    Args:
+        model, source, target: as for `omniem.engine.predict`.
+        time_batch: time a batch on the chosen device to estimate the run time.
+        **kwargs: the other arguments of `predict` (``overwrite`` and ``progress`` are ignored).
+
+    Returns:
+        A dict: ``n_blocks``, ``block_shape`` (z, y, x), ``tiles_per_slice``, ``tile_runs``
+        (tiles computed, counting those shared by blocks per block), ``halo_overhead`` (tile runs
+        / tiles of the whole-image grid), ``n_batches``, ``peak_ram_bytes`` and its ``memory``
+        terms, ``output_shape``, ``output_dtype``, ``output_bytes`` (uncompressed; on disk it is
+        usually smaller), ``resampled`` and ``model_hw``, and ``seconds_per_batch`` /
+        ``estimated_seconds`` with ``time_batch``.
+
+    Examples:
+        >>> import numpy as np
+        >>> p = plan(lambda x: x, np.zeros((3, 300, 500), np.uint8), tile=128, block=(2, 256))
+        >>> p["n_blocks"], p["tiles_per_slice"], p["output_shape"]
+        (8, 15, (1, 3, 300, 500))
+    """
+    kwargs.pop("overwrite", None)
+    kwargs.pop("progress", None)
+    setup = R.prepare(model, source, **kwargs)
+    runner = setup.runner
+    c = runner.out_channels
+    t, b = setup.tile, setup.batch_size
+    z, h, w = setup.shape
+    mh, mw = setup.model_hw
+    per_block = R._block_tiles(setup)
+    tile_runs = sum(
+        (blk.z[1] - blk.z[0]) * ny * nx
+        for blk, (ny, nx) in zip(setup.blocks, per_block, strict=True)
+    )
+    per_slice = len(setup.gy.starts) * len(setup.gx.starts)
+
+    # Largest block and its tile union.
+    mem_source = mem_acc = mem_out = 0
+    for blk, (ny, nx) in zip(setup.blocks, per_block, strict=True):
+        bz = blk.z[1] - blk.z[0]
+        rh = min((ny - 1) * _step(setup.gy) + t, setup.gy.padded)
+        rw = min((nx - 1) * _step(setup.gx) + t, setup.gx.padded)
+        sh, sw = math.ceil(rh * h / mh) + 2, math.ceil(rw * w / mw) + 2
+        mem_source = max(
+            mem_source, bz * sh * sw * (setup.src_dtype.itemsize + 4) + 2 * bz * rh * rw * 4
+        )
+        mem_acc = max(mem_acc, bz * rh * rw * (2 * c + 1) * 4)
+        bh, bw = blk.y[1] - blk.y[0], blk.x[1] - blk.x[0]
+        mem_out = max(mem_out, c * bz * bh * bw * (4 + setup.out_dtype.itemsize))
+    info = runner.info
+    if "embed_dim" in info:
+        n_tok = math.ceil(t / info["patch_size"]) ** 2
+        act = (
+            b
+            * 4
+            * (
+                16 * info["feature_size"] * t * t
+                + 12 * info["embed_dim"] * n_tok
+                + info["num_heads"] * n_tok * n_tok
+            )
+        )
+    else:
+        act = b * t * t * 16 * 4
+    mem_batch = b * t * t * (1 + c) * 4 + act
+    out_items = math.prod(setup.out_shape)
+    out_bytes = out_items * setup.out_dtype.itemsize
+    memory = {
+        "params": int(info.get("param_bytes", 0)),
+        "source": int(mem_source),
+        "accumulators": int(mem_acc),
+        "output_block": int(mem_out),
+        "batch": int(mem_batch),
+        "result": int(out_bytes) if target is None else 0,
+    }
+    bz, bhw = setup.block
+    result: dict[str, Any] = {
+        "n_blocks": len(setup.blocks),
+        "block_shape": (bz, min(bhw, h), min(bhw, w)),
+        "tile": t,
+        "tiles_per_slice": per_slice,
+        "tile_runs": int(tile_runs),
+        "halo_overhead": round(tile_runs / max(1, per_slice * z), 3),
+        "n_batches": R.n_batches(setup),
+        "peak_ram_bytes": int(sum(memory.values())),
+        "memory": memory,
+        "output": setup.output,
+        "output_shape": setup.out_shape,
+        "output_dtype": str(setup.out_dtype),
+        "output_bytes": int(out_bytes),
+        "source_shape": (z, h, w) if not setup.is_2d else (h, w),
+        "model_hw": (mh, mw),
+        "resampled": any(setup.resampled),
+        "intensity": setup.norm,
+        "device": str(runner.device),
+    }
+    if time_batch:
+        result["seconds_per_batch"] = _time_batch(setup)
+        result["estimated_seconds"] = round(result["seconds_per_batch"] * result["n_batches"], 3)
+    return result
+
+
+def _step(grid: Any) -> int:
+    """Distance between tile starts (the last may be closer)."""
+    s = grid.starts
+    return s[1] - s[0] if len(s) > 1 else grid.tile
+
+
+def _time_batch(setup: R.Setup) -> float:
+    runner = setup.runner
+    x = torch.rand(
+        setup.batch_size, 1, setup.tile, setup.tile, generator=torch.Generator().manual_seed(0)
+    )
+    module = runner.module
+    was = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        with torch.inference_mode():
+            runner.fn(x)  # warm-up
+            _sync(runner.device)
+            t0 = time.perf_counter()
+            for _ in range(2):
+                runner.fn(x)
+            _sync(runner.device)
+            return (time.perf_counter() - t0) / 2
+    finally:
+        if module is not None:
+            module.train(was)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
