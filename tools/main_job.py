@@ -105,6 +105,7 @@ def segment(vol: em5m.Volume, out: Path, args: argparse.Namespace) -> None:
     )
     target = out / "prediction.ome.zarr"
     with TqdmProgress("main-job: predict") as bar:
+        bar.start(p["n_blocks"])  # open the bar now, so the first block's rate is right
         pred = predict(args.model, src, target, overwrite=True, progress=bar, **kw)
     labels = em5m.open_volume(pred)
     if not Ledger.open(pred).is_complete or labels.shape != src.shape[-labels.ndim :]:
