@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -388,25 +388,38 @@ def load_config(
             is a ValueError and names the offending keys).
 
     Examples:
-        >>> cfg = load_config("vitt8_cpu", ["optim.total_steps=10"])
+        >>> cfg = load_config("vitt8_cpu", ["optim.total_steps=200"])
         >>> cfg.optim.total_steps, cfg.model.patch_size
-        (10, 8)
+        (200, 8)
     """
-    raw = read_yaml(DEFAULT_CONFIG)
-    files: Sequence[str | Path]
+    raw = layered_config(DEFAULT_CONFIG, config, overrides, resolve_config_path)
+    return PretrainConfig.model_validate(raw)
+
+
+def layered_config(
+    default: Path,
+    config: str | Path | Sequence[str | Path] | None,
+    overrides: Sequence[str],
+    resolve: Callable[[str | Path], Path],
+) -> dict[str, Any]:
+    """The raw mapping of ``default`` + override file(s) (``resolve``d) + ``key=value`` overrides.
+
+    Shared by every package whose configurations are one full default YAML plus short overrides.
+    """
+    raw = read_yaml(default)
     if config is None:
-        files = []
+        files: list[str | Path] = []
     elif isinstance(config, str | Path):
         files = [config]
     else:
         files = list(config)
     for f in files:
-        path = resolve_config_path(f)
-        if path.resolve() != DEFAULT_CONFIG.resolve():
+        path = resolve(f)
+        if path.resolve() != default.resolve():
             raw = deep_merge(raw, read_yaml(path))
     for assignment in overrides:
         raw = apply_set(raw, assignment)
-    return PretrainConfig.model_validate(raw)
+    return raw
 
 
 def save_config(cfg: PretrainConfig, path: str | Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from emdino.ssl.config import apply_set, deep_merge, read_yaml
+from emdino.ssl.config import layered_config
 from omniem.nets.config import NetConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -175,19 +175,7 @@ def load_config(
         >>> cfg.optim.total_steps, cfg.net.task, cfg.net.out_channels
         (5, 'semantic', 2)
     """
-    raw = read_yaml(DEFAULT_CONFIG)
-    if config is None:
-        files: list[str | Path] = []
-    elif isinstance(config, str | Path):
-        files = [config]
-    else:
-        files = list(config)
-    for f in files:
-        path = resolve_config_path(f)
-        if path.resolve() != DEFAULT_CONFIG.resolve():
-            raw = deep_merge(raw, read_yaml(path))
-    for assignment in overrides:
-        raw = apply_set(raw, assignment)
+    raw = layered_config(DEFAULT_CONFIG, config, overrides, resolve_config_path)
     return RunConfig.model_validate(raw)
 
 
