@@ -191,14 +191,18 @@ def test_errors(em, tmp_path) -> None:
         predict(identity, em[None], **KW)
     with pytest.raises(ValueError, match="overlap"):
         predict(identity, em[:1], **dict(KW, overlap=1.0))
-    net3 = build(
+    sr = build(
         NetConfig(
-            backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8, spatial_dims=3
+            backbone="vit_tiny_patch8.random",
+            task="restoration",
+            out_channels=1,
+            feature_size=8,
+            output_scale=2.0,
         ),
         img_size=32,
     )
-    with pytest.raises(NotImplementedError, match="3D models"):
-        predict(net3, em[:1], **KW)
+    with pytest.raises(NotImplementedError, match="super-resolution"):
+        predict(sr, em[:1], **KW)
 
 
 def test_read_error_names_block_and_leaves_output_incomplete(em, tmp_path) -> None:

@@ -14,6 +14,7 @@ import zarr
 
 from omniem.engine import BlockError, predict
 from omniem.engine.devices import (
+    WORKER_OVERHEAD_BYTES,
     DeviceSpec,
     parse_bytes,
     parse_devices,
@@ -90,8 +91,14 @@ def test_memory_estimate_and_sizes(net, em) -> None:
     p = plan(net, em, "x.zarr", **KW)
     one = peak_ram(p, parse_devices("cpu"))
     two = peak_ram(p, parse_devices("cpu:2"))
-    assert one == p["peak_ram_bytes"] and two > 2 * (one - p["memory"]["params"])
-    assert peak_ram(p, parse_devices("dask://h:1")) == p["memory"]["params"]
+    m = p["memory"]
+    assert one == p["peak_ram_bytes"] == sum(m.values())
+    assert m["process"] > 100 * 2**20  # this process really holds torch and the libraries
+    # Each worker process: its model copy, one block, one batch and a fresh interpreter.
+    per_worker = sum(m[k] for k in ("params", "source", "accumulators", "output_block", "batch"))
+    here = m["process"] + m["params"] + m["result"]
+    assert two == here + 2 * (per_worker + WORKER_OVERHEAD_BYTES)
+    assert peak_ram(p, parse_devices("dask://h:1")) == here
     assert parse_bytes("1.5K") == 1536 and parse_bytes("2GiB") == 2 * 2**30
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("lots")

@@ -80,6 +80,9 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument(
+        "--tile-z", type=int, help="slices per tile of a 3D model (default 16; 2D models ignore it)"
+    )
+    p.add_argument(
         "--voxel-size", metavar="Z,Y,X", help="voxel size in nm (Z,Y,X, Y,X or one number)"
     )
     p.add_argument(
@@ -147,6 +150,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         ("--tile", args.tile, args.tile >= 8),
         ("--overlap", args.overlap, 0.0 <= args.overlap < 1.0),
         ("--batch-size", args.batch_size, args.batch_size >= 1),
+        ("--tile-z", args.tile_z, args.tile_z is None or args.tile_z >= 1),
     ):
         if not ok:
             raise _CliError(
@@ -167,6 +171,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         "resample": not args.no_resample,
         "output": args.output_kind,
         "block": None if block is None else tuple(int(b) for b in block),
+        "tile_z": args.tile_z,
     }
 
 

@@ -259,7 +259,7 @@ def peak_ram(plan: Mapping[str, Any], spec: DeviceSpec) -> int:
     m = plan["memory"]
     if spec.kind == "local":
         return int(plan["peak_ram_bytes"])
-    here = int(m["params"]) + int(m["result"])
+    here = int(m.get("process", 0)) + int(m["params"]) + int(m["result"])
     if spec.kind == "dask":
         return here
     per = sum(int(m[k]) for k in ("params", "source", "accumulators", "output_block", "batch"))

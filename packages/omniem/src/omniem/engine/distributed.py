@@ -148,7 +148,7 @@ class WorkerState:
             )
         if setup.runner.module is not None:
             setup.runner.module.eval()
-        weight = blend_weights((setup.tile, setup.tile), setup.blend, device=setup.runner.device)
+        weight = blend_weights(setup.tile_shape, setup.blend, device=setup.runner.device)
         writer = None
         if spec["target"] is not None:
             writer = R._ZarrWriter.open(setup, Path(spec["target"]))

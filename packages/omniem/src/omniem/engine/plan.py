@@ -6,9 +6,12 @@ Memory estimate (bytes, an estimate from shapes, not a measurement), for the lar
 - ``source``: the block's source region under its tiles (block + halo), stored dtype plus a
   float32 copy: ``bz * sh * sw * (itemsize + 4)``, plus ``2 * bz * rh * rw * 4`` for the
   model-space (resampled, padded) input; ``rh x rw`` is the union of the block's tiles.
-- ``accumulators``: ``bz * rh * rw * (2 C + 1) * 4`` (weighted sums, the normalized result,
-  weight sums).
-- ``output_block``: ``C * bz * bh * bw * (4 + out itemsize)``.
+- ``process``: the resident memory of this process before the run, less the model's
+  parameters (interpreter, torch and the I/O libraries; measured, not estimated).
+- ``accumulators``: ``bz * rh * rw * C * 4 + rh * rw * 4`` (weighted sums, normalized in place;
+  weight sums of one slice).
+- ``output_block``: labels ``bz * bh * bw * 13`` (int64 arg-max, int32, the stored type);
+  otherwise ``C * bz * bh * bw * (8 + out itemsize)`` (activation, copy, stored type).
 - ``batch``: tiles in and out, ``B * t^2 * (1 + C) * 4``, plus activations of one batch of an
   OmniEM model, ``B * 4 * (16 * F * t^2 + 12 * D * N + heads * N^2)`` with ``F`` the decoder
   feature size, ``D`` the ViT width, ``N = ceil(t / p)^2`` tokens (the terms: full-resolution
@@ -72,29 +75,34 @@ def plan(
     mh, mw = setup.model_hw
     per_block = R._block_tiles(setup)
     tile_runs = sum(
-        (blk.z[1] - blk.z[0]) * ny * nx
+        R.block_z_tiles(setup, blk) * ny * nx
         for blk, (ny, nx) in zip(setup.blocks, per_block, strict=True)
     )
     per_slice = len(setup.gy.starts) * len(setup.gx.starts)
+    # A 3D model's tiles are tz slices deep; a block reads and accumulates its z tiles' span.
+    tz = setup.gz.tile if setup.gz is not None else 1
+    n_z_tiles = len(setup.gz.starts) if setup.gz is not None else z
 
     # Largest block and its tile union.
     mem_source = mem_acc = mem_out = 0
     for blk, (ny, nx) in zip(setup.blocks, per_block, strict=True):
-        bz = blk.z[1] - blk.z[0]
+        bz = _z_span(setup, blk)
         rh = min((ny - 1) * _step(setup.gy) + t, setup.gy.padded)
         rw = min((nx - 1) * _step(setup.gx) + t, setup.gx.padded)
         sh, sw = math.ceil(rh * h / mh) + 2, math.ceil(rw * w / mw) + 2
         mem_source = max(
             mem_source, bz * sh * sw * (setup.src_dtype.itemsize + 4) + 2 * bz * rh * rw * 4
         )
-        mem_acc = max(mem_acc, bz * rh * rw * (2 * c + 1) * 4)
+        mem_acc = max(mem_acc, bz * rh * rw * c * 4 + rh * rw * 4)
         bh, bw = blk.y[1] - blk.y[0], blk.x[1] - blk.x[0]
-        mem_out = max(mem_out, c * bz * bh * bw * (4 + setup.out_dtype.itemsize))
+        per_voxel = 13 if setup.output == "labels" else c * (8 + setup.out_dtype.itemsize)
+        mem_out = max(mem_out, (blk.z[1] - blk.z[0]) * bh * bw * per_voxel)
     info = runner.info
     if "embed_dim" in info:
         n_tok = math.ceil(t / info["patch_size"]) ** 2
         act = (
             b
+            * tz
             * 4
             * (
                 16 * info["feature_size"] * t * t
@@ -103,11 +111,12 @@ def plan(
             )
         )
     else:
-        act = b * t * t * 16 * 4
-    mem_batch = b * t * t * (1 + c) * 4 + act
+        act = b * tz * t * t * 16 * 4
+    mem_batch = b * tz * t * t * (1 + c) * 4 + act
     out_items = math.prod(setup.out_shape)
     out_bytes = out_items * setup.out_dtype.itemsize
     memory = {
+        "process": max(0, process_rss() - int(info.get("param_bytes", 0))),
         "params": int(info.get("param_bytes", 0)),
         "source": int(mem_source),
         "accumulators": int(mem_acc),
@@ -120,9 +129,10 @@ def plan(
         "n_blocks": len(setup.blocks),
         "block_shape": (bz, min(bhw, h), min(bhw, w)),
         "tile": t,
+        "tile_z": setup.gz.tile if setup.gz is not None else None,
         "tiles_per_slice": per_slice,
         "tile_runs": int(tile_runs),
-        "halo_overhead": round(tile_runs / max(1, per_slice * z), 3),
+        "halo_overhead": round(tile_runs / max(1, per_slice * n_z_tiles), 3),
         "n_batches": R.n_batches(setup),
         "peak_ram_bytes": int(sum(memory.values())),
         "memory": memory,
@@ -140,6 +150,24 @@ def plan(
         result["seconds_per_batch"] = _time_batch(setup)
         result["estimated_seconds"] = round(result["seconds_per_batch"] * result["n_batches"], 3)
     return result
+
+
+def process_rss() -> int:
+    """Resident set size of this process in bytes (0 where it cannot be read)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # psutil missing or no access: the estimate leaves this term out
+        return 0
+
+
+def _z_span(setup: R.Setup, blk: R.Block) -> int:
+    """Slices a block reads and accumulates: its own, or its z tiles' span (3D model)."""
+    if setup.gz is None:
+        return blk.z[1] - blk.z[0]
+    a, b = setup.gz.covering(*blk.z)
+    return setup.gz.starts[b - 1] + setup.gz.tile - setup.gz.starts[a]
 
 
 def _step(grid: Any) -> int:

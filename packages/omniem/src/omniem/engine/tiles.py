@@ -1,4 +1,4 @@
-"""Tiling of 2D images: the tile grid, blending weights and weighted accumulation.
+"""Tiling of 2D images and 3D volumes: the tile grid, blending weights, weighted accumulation.
 
 The grid is MONAI's (`monai.inferers.sliding_window_inference`): along an axis of ``n`` pixels,
 tiles of side ``t`` start every ``int(t * (1 - overlap))`` pixels (at least 1) until one reaches
@@ -16,6 +16,9 @@ normalized as the centre. Weight maps (all clamped below at ``max(min(w), 1e-3)`
   `monai.data.utils.compute_importance_map`, so the weights are bit-identical to MONAI's.
 - ``hann``: ``sin^2(pi (i + 0.5) / t)`` per axis (a Hann window sampled at pixel centres).
 - ``constant``: all ones (plain averaging).
+
+3D models tile z the same way (their own ``tile_z``); the weight of a 3D tile is the product of
+the per-axis weights, as in MONAI.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "SIGMA_SCALE",
     "AxisGrid",
     "accumulate",
+    "accumulate_volume",
     "axis_grid",
     "blend_weights",
     "pad_reflect",
@@ -127,9 +131,9 @@ def axis_grid(size: int, tile: int, overlap: float) -> AxisGrid:
 
 
 def blend_weights(
-    tile_hw: tuple[int, int], blend: str = "gaussian", *, device: str | torch.device = "cpu"
+    tile_hw: Sequence[int], blend: str = "gaussian", *, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
-    """Weight map ``[h, w]`` (float32) of one tile; see the module docstring.
+    """Weight map ``[h, w]`` or ``[d, h, w]`` (float32) of one tile; see the module docstring.
 
     Examples:
         >>> from monai.data.utils import compute_importance_map
@@ -140,12 +144,17 @@ def blend_weights(
         tensor([0.0214, 0.1250, 0.1250, 0.0214])
         >>> float(blend_weights((3, 5), "constant").sum())
         15.0
+        >>> w3 = blend_weights((8, 64, 48), "gaussian")
+        >>> bool(torch.equal(w3, compute_importance_map((8, 64, 48), "gaussian", 0.125)))
+        True
     """
+    if len(tile_hw) not in (2, 3):
+        raise ValueError(f"tile shape must have 2 or 3 axes, got {tuple(tile_hw)}")
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     device = torch.device(device)
     if blend == "constant":
-        w = torch.ones(tile_hw, dtype=torch.float32, device=device)
+        w = torch.ones(tuple(tile_hw), dtype=torch.float32, device=device)
     else:
         axes = []
         for n in tile_hw:
@@ -159,6 +168,8 @@ def blend_weights(
                 i = torch.arange(n, dtype=torch.float64, device=device)
                 axes.append((torch.sin(torch.pi * (i + 0.5) / n) ** 2).float())
         w = axes[0].unsqueeze(-1) * axes[1][None]
+        if len(axes) == 3:  # MONAI's order of products: ((z x y) x x)
+            w = w.unsqueeze(-1) * axes[2][None, None]
     floor = max(torch.min(w).item(), MIN_WEIGHT)
     return torch.clamp_(w.to(torch.float32), min=floor)
 
@@ -211,10 +222,64 @@ def accumulate(
         if acc is None:
             acc = torch.zeros(n_img, out.shape[1], h, w, dtype=torch.float32, device=image.device)
         for k, (n, y, x) in enumerate(part):
-            acc[n, :, y : y + th, x : x + tw] += out[k].to(image.device) * weight
+            acc[n, :, y : y + th, x : x + tw].addcmul_(out[k].to(image.device), weight)
     if acc is None:
         raise ValueError("no tiles to run")
-    return acc / wsum
+    return acc.div_(wsum)  # in place: a block's accumulator is its largest buffer
+
+
+def accumulate_volume(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    volume: torch.Tensor,
+    starts_z: Sequence[int],
+    starts_y: Sequence[int],
+    starts_x: Sequence[int],
+    weight: torch.Tensor,
+    *,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Blend the 3D tiles of ``volume`` ``[1, d, h, w]``: ``sum(w * fn(tile)) / sum(w)``.
+
+    Tiles are ``volume[:, z:z + td, y:y + th, x:x + tw]`` for every start, run through ``fn`` as
+    ``[B, 1, td, th, tw]`` batches in the order (z, y, x); as in `accumulate`, each voxel sums its
+    tiles in one fixed order, so a block gives the same values as the whole volume.
+
+    Returns:
+        ``[C, d, h, w]`` float32.
+
+    Examples:
+        >>> vol = torch.rand(1, 12, 40, 30)
+        >>> w = blend_weights((8, 16, 16), "gaussian")
+        >>> sz, sy, sx = tile_starts(12, 8, .5), tile_starts(40, 16, .5), tile_starts(30, 16, .5)
+        >>> out = accumulate_volume(lambda t: t, vol, sz, sy, sx, w)
+        >>> bool(torch.allclose(out, vol, atol=1e-6))
+        True
+    """
+    _, d, h, w = volume.shape
+    td, th, tw = weight.shape
+    weight = weight.to(volume.device)
+    wsum = torch.zeros(d, h, w, dtype=torch.float32, device=volume.device)
+    tiles = [(z, y, x) for z in starts_z for y in starts_y for x in starts_x]
+    for z, y, x in tiles:
+        wsum[z : z + td, y : y + th, x : x + tw] += weight
+    acc: torch.Tensor | None = None
+    for i in range(0, len(tiles), batch_size):
+        part = tiles[i : i + batch_size]
+        batch = torch.stack([volume[:, z : z + td, y : y + th, x : x + tw] for z, y, x in part])
+        out = fn(batch)
+        if out.ndim != 5 or out.shape[0] != len(part) or tuple(out.shape[-3:]) != (td, th, tw):
+            raise ValueError(
+                f"the model returned shape {tuple(out.shape)} for tiles of shape "
+                f"{tuple(batch.shape)}; expected [B, C, {td}, {th}, {tw}]"
+            )
+        out = out.float()
+        if acc is None:
+            acc = torch.zeros(out.shape[1], d, h, w, dtype=torch.float32, device=volume.device)
+        for k, (z, y, x) in enumerate(part):
+            acc[:, z : z + td, y : y + th, x : x + tw].addcmul_(out[k].to(volume.device), weight)
+    if acc is None:
+        raise ValueError("no tiles to run")
+    return acc.div_(wsum)
 
 
 def sliding_window(
