@@ -99,3 +99,54 @@ def test_pretrain_on_real_corpus_loss_decreases_and_resumes(tmp_path: Path) -> N
     for name in ("config.yaml", "curves.png", "last.pt", "step_0000010.pt"):
         assert (out / name).is_file(), name
     assert not (out / "step_0000005.pt").exists()  # keep_checkpoints: 1
+
+
+def test_init_backbone_starts_a_new_recipe_from_a_trained_backbone(tmp_path: Path) -> None:
+    """``train.init_backbone``: both backbones start from a run's teacher (or an export)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from emdino.ssl.checkpoint import backbone_state_dict, load_checkpoint
+    from emdino.ssl.meta_arch import SSLMetaArch
+    from emdino.ssl.train import init_backbone
+
+    corpus = tmp_path / "corpus"
+    _write_corpus(corpus, _real_tiles())
+    settings = [
+        f"data.sources=[{{kind: corpus, uri: '{corpus}'}}]",
+        "data.tile_size=96",
+        "optim.total_steps=3",
+    ]
+    train(load_config("tiny_test", settings), tmp_path / "stage1")
+    trained = backbone_state_dict(load_checkpoint(tmp_path / "stage1" / "last.pt"))
+    export = tmp_path / "vit.safetensors"
+    save_file({k: v.half().contiguous() for k, v in trained.items()}, str(export))
+
+    for source, atol in ((tmp_path / "stage1" / "last.pt", 0.0), (export, 1e-2)):
+        meta = SSLMetaArch(load_config("tiny_test", settings))
+        before = meta.student.dino_head.state_dict()
+        init_backbone(meta, source)
+        for net in (meta.student, meta.teacher):
+            got = net.backbone.vit.state_dict()
+            for k, v in trained.items():
+                torch.testing.assert_close(got[k], v, rtol=0, atol=atol)
+        # Heads start fresh (not copied from the run).
+        for k, v in meta.student.dino_head.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+    # A run with the option continues from the trained weights (and records it in its config).
+    stage2 = train(
+        load_config(
+            "tiny_test",
+            [*settings, f"train.init_backbone={tmp_path / 'stage1' / 'last.pt'}"],
+        ),
+        tmp_path / "stage2",
+    )
+    assert stage2["step"] == 3
+    assert "init_backbone" in (tmp_path / "stage2" / "config.yaml").read_text()
+
+    meta = SSLMetaArch(load_config("tiny_test", [*settings, "model.embed_dim=48"]))
+    with pytest.raises(ValueError, match="does not fit"):
+        init_backbone(meta, export)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        init_backbone(meta, tmp_path / "missing.pt")

@@ -91,6 +91,7 @@ def build_card(
     with safe_open(str(export_path), framework="pt") as f:
         meta = dict(f.metadata() or {})
         n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    stages = training_stages(checkpoint_path, state)
     card: dict[str, Any] = {
         "name": name,
         "weights": {
@@ -108,9 +109,10 @@ def build_card(
                 "DINOv2: DINO class-token loss + iBOT masked-patch loss + KoLeo, EMA teacher"
             ),
             "config": cfg,
-            "steps": state["step"],
-            "images_seen": state["extra"].get("images_seen"),
-            "wall_time_s": state["extra"].get("wall_s"),
+            "steps": sum(st["steps"] for st in stages),
+            "images_seen": sum(st["images_seen"] or 0 for st in stages),
+            "wall_time_s": sum(st["wall_time_s"] or 0.0 for st in stages),
+            "stages": stages,
             "hardware": {
                 "cpu": _cpu_name(),
                 "cpus_visible": os.cpu_count(),
@@ -133,6 +135,52 @@ def build_card(
         "notes": list(notes or []),
     }
     return card
+
+
+def training_stages(checkpoint_path: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs behind a checkpoint, oldest first: a run started with ``train.init_backbone``
+    from another run's checkpoint continues that run's training (its heads restart).
+
+    Each stage: ``checkpoint``, ``config`` name, ``steps``, ``images_seen``, ``wall_time_s``.
+
+    Raises:
+        ValueError: a stage's ``init_backbone`` checkpoint is missing (the lineage would be
+            incomplete), or the chain is circular.
+    """
+    stages: list[dict[str, Any]] = []
+    path, st = Path(checkpoint_path), state
+    while True:
+        cfg = st["config"]
+        stages.append(
+            {
+                "checkpoint": str(path),
+                "config": cfg.get("name"),
+                "steps": int(st["step"]),
+                "images_seen": st["extra"].get("images_seen"),
+                "wall_time_s": st["extra"].get("wall_s"),
+            }
+        )
+        parent = (cfg.get("train") or {}).get("init_backbone")
+        if not parent:
+            return stages[::-1]
+        parent_path = Path(parent)
+        if parent_path.suffix != ".pt":  # an export: its own card tells its story
+            stages.append(
+                {
+                    "checkpoint": str(parent_path),
+                    "config": None,
+                    "steps": 0,
+                    "images_seen": 0,
+                    "wall_time_s": 0.0,
+                    "note": "exported weights",
+                }
+            )
+            return stages[::-1]
+        if not parent_path.is_file():
+            raise ValueError(f"{path} was started from {parent_path}, which is missing")
+        if any(s["checkpoint"] == str(parent_path) for s in stages) or len(stages) > 32:
+            raise ValueError(f"circular init_backbone chain at {parent_path}")
+        path, st = parent_path, load_checkpoint(parent_path)
 
 
 def _numel(shape: list[int]) -> int:
@@ -170,7 +218,16 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- objective: {t['objective']}",
         f"- steps: {t['steps']}, batch {t['config']['optim']['batch_size']}, images seen: "
-        f"{t['images_seen']}",
+        f"{t['images_seen']}"
+        + (
+            " in "
+            + " then ".join(
+                f"{st['steps']} steps of `{st['config']}`" for st in t.get("stages", [])
+            )
+            + " (each later stage starts from the previous teacher backbone with fresh heads)"
+            if len(t.get("stages", [])) > 1
+            else ""
+        ),
         f"- crops: 2 x {t['config']['crops']['global_size']} px global + "
         f"{t['config']['crops']['n_local']} x {t['config']['crops']['local_size']} px local, "
         f"from {t['config']['data']['tile_size']} px tiles at native pixel size",

@@ -225,6 +225,10 @@ class TrainConfig(_Strict):
     #: Stop this invocation after that many steps (the schedule still spans total_steps); a
     #: later ``--resume`` continues. None: run to total_steps.
     stop_after_steps: int | None = Field(None, ge=1)
+    #: Start both backbones from these weights (a pretraining checkpoint ``.pt``, whose teacher
+    #: backbone is taken, or an exported ``.safetensors``); heads start fresh. Continues
+    #: pretraining of an existing model under a new recipe. Ignored when resuming.
+    init_backbone: str | None = None
 
 
 class DistConfig(_Strict):

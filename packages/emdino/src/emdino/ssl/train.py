@@ -113,6 +113,31 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def init_backbone(meta: SSLMetaArch, path: str | Path) -> None:
+    """Load a checkpoint's teacher backbone (or an export) into the student and the teacher.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the weights do not fit the configured architecture.
+    """
+    from emdino.ssl.checkpoint import backbone_state_dict
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"train.init_backbone: {p} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        weights = {k: v.float() for k, v in load_file(str(p)).items()}
+    else:
+        weights = backbone_state_dict(load_checkpoint(p), "teacher")
+    for net in (meta.student, meta.teacher):
+        try:
+            net.backbone.vit.load_state_dict(weights, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{p} does not fit this configuration's backbone: {err}") from None
+
+
 def train(
     cfg: PretrainConfig,
     out_dir: str | Path,
@@ -150,6 +175,8 @@ def train(
     # Identical initialisation on every rank; per-rank RNG afterwards (stochastic depth).
     _seed_all(cfg.seed)
     meta = SSLMetaArch(cfg, info.device)
+    if cfg.train.init_backbone and not (resume and last.exists()):
+        init_backbone(meta, cfg.train.init_backbone)
     _wrap_student(meta, cfg, info)
     _seed_all(cfg.seed + 1000 * info.rank)
     groups = param_groups(
