@@ -13,10 +13,12 @@ Memory estimate (bytes, an estimate from shapes, not a measurement), for the lar
 - ``output_block``: labels ``bz * bh * bw * 13`` (int64 arg-max, int32, the stored type);
   otherwise ``C * bz * bh * bw * (8 + out itemsize)`` (activation, copy, stored type).
 - ``batch``: tiles in and out, ``B * t^2 * (1 + C) * 4``, plus activations of one batch of an
-  OmniEM model, ``B * 4 * (16 * F * t^2 + 12 * D * N + heads * N^2)`` with ``F`` the decoder
-  feature size, ``D`` the ViT width, ``N = ceil(t / p)^2`` tokens (the terms: full-resolution
-  decoder and stem maps, token activations of a block, one attention matrix). For a plain
-  callable the activations are unknown and counted as ``B * t^2 * 16 * 4``.
+  OmniEM model, ``B * 4 * (8 * F * t^2 + 12 * D * N + heads * N^2)`` with ``F`` the decoder
+  feature size, ``D`` the ViT width, ``N = ceil(t / p)^2`` tokens (the terms: the
+  full-resolution decoder maps alive at once in inference mode, token activations of a block, one
+  attention matrix; the factor 8 was calibrated against a measured mito-2d run, see
+  `tools/bench/engine_memory.py`). For a plain callable the activations are unknown and counted
+  as ``B * t^2 * 16 * 4``.
 - ``result``: without a target, the whole in-memory result.
 
 Time (``time_batch=True`` only): one warm-up batch, then the mean of two timed batches of
@@ -105,7 +107,7 @@ def plan(
             * tz
             * 4
             * (
-                16 * info["feature_size"] * t * t
+                8 * info["feature_size"] * t * t
                 + 12 * info["embed_dim"] * n_tok
                 + info["num_heads"] * n_tok * n_tok
             )
