@@ -66,9 +66,6 @@ def _bank(seed: int, n: int = 2) -> list[np.ndarray]:
 
 
 def make(path: Path, gb: float, seed: int) -> dict:
-    import zarr
-    from zarr.codecs import ZstdCodec
-
     if path.exists():
         raise SystemExit(f"{path} exists; remove it first")
     t0 = time.perf_counter()
@@ -76,13 +73,7 @@ def make(path: Path, gb: float, seed: int) -> dict:
     bank = [_noisy(b, rng) for b in _bank(seed) for _ in range(8)]
     # Probe the compressed size of one chunk to pick the number of chunks.
     probe_store = path.with_suffix(".probe.zarr")
-    probe = zarr.create_array(
-        str(probe_store),
-        shape=CHUNK,
-        chunks=CHUNK,
-        dtype="uint8",
-        compressors=ZstdCodec(level=1),
-    )
+    probe = _create(probe_store, CHUNK)
     probe[:] = _chunk(bank, rng)
     per_chunk = _du(probe_store)
     _rm(probe_store)
@@ -91,12 +82,9 @@ def make(path: Path, gb: float, seed: int) -> dict:
     nz = 8
     nyx = int(np.ceil(np.sqrt(n_chunks / nz)))
     shape = (nz * CHUNK[0], nyx * CHUNK[1], nyx * CHUNK[2])
-    arr = zarr.create_array(
-        str(path),
-        shape=shape,
-        chunks=CHUNK,
-        dtype="uint8",
-        compressors=ZstdCodec(level=1),
+    arr = _create(
+        path,
+        shape,
         attributes={"voxel_size_nm": [10.0, 5.0, 5.0], "generator": "tools/bench/engine_memory.py"},
     )
     for cz in range(nz):
@@ -116,6 +104,21 @@ def make(path: Path, gb: float, seed: int) -> dict:
         "chunks": CHUNK,
         "make_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _create(path: Path, shape: tuple[int, ...], **kwargs: object):  # noqa: ANN202
+    """A uint8 Zarr v3 array of ``CHUNK`` chunks, zstd level 1 (fast, as a facility writes)."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    return zarr.create_array(
+        str(path),
+        shape=shape,
+        chunks=CHUNK,
+        dtype="uint8",
+        compressors=ZstdCodec(level=1),
+        **kwargs,
+    )
 
 
 def _chunk(bank: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real EM data folder (EMSSL_DATA)."""
+"""Shared fixtures: the real EM data folder (EMSSL_DATA), one torch thread for engine tests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +16,12 @@ def emssl_data() -> Path:
     if not root or not Path(root, "lucchi_pp").is_dir():
         pytest.fail("EMSSL_DATA must point at the shared EM data folder (see README)")
     return Path(root)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (small, fast and polite on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

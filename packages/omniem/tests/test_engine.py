@@ -23,14 +23,7 @@ from omniem.engine.ledger import Ledger
 from omniem.engine.tiles import blend_weights
 from omniem.nets import NetConfig, build
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small, fast and polite on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

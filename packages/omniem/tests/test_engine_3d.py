@@ -22,12 +22,7 @@ TILE, TILE_Z, OVERLAP = 64, 8, 0.25
 KW = {"tile": TILE, "tile_z": TILE_Z, "overlap": OVERLAP, "dtype": "fp32", "batch_size": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

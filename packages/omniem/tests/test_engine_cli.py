@@ -47,12 +47,7 @@ def files(emssl_data, tmp_path_factory) -> dict[str, Path]:
     return {"dir": d, "model": model, "tif": d / "em.tif", "zarr": Path(zarr_in), "img": img}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess:

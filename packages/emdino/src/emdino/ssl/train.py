@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from emdino.ssl import distributed
-from emdino.ssl.checkpoint import load_checkpoint, restore, save_checkpoint
+from emdino.ssl.checkpoint import backbone_state_dict, load_checkpoint, restore, save_checkpoint
 from emdino.ssl.config import PretrainConfig, load_config, save_config
 from emdino.ssl.curves import append_jsonl, plot_curves, read_jsonl
 from emdino.ssl.data import build_dataset, build_loader
@@ -120,8 +120,6 @@ def init_backbone(meta: SSLMetaArch, path: str | Path) -> None:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the weights do not fit the configured architecture.
     """
-    from emdino.ssl.checkpoint import backbone_state_dict
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"train.init_backbone: {p} does not exist")

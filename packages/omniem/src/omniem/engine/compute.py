@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from omniem.engine import tiles as T
+from omniem.engine.setup import Block, BlockError, Setup
 
 __all__ = ["compute_block", "tile_weight"]
-
-from omniem.engine.setup import Block, BlockError, Setup
 
 # --------------------------------------------------------------------------- resampling
 

@@ -23,6 +23,7 @@ the per-axis weights, as in MONAI.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -200,32 +201,7 @@ def accumulate(
         >>> bool(torch.allclose(out, img, atol=1e-6))
         True
     """
-    n_img, _, h, w = image.shape
-    th, tw = weight.shape
-    weight = weight.to(image.device)
-    wsum = torch.zeros(h, w, dtype=torch.float32, device=image.device)
-    for y in starts_y:
-        for x in starts_x:
-            wsum[y : y + th, x : x + tw] += weight
-    tiles = [(n, y, x) for n in range(n_img) for y in starts_y for x in starts_x]
-    acc: torch.Tensor | None = None
-    for i in range(0, len(tiles), batch_size):
-        part = tiles[i : i + batch_size]
-        batch = torch.stack([image[n, :, y : y + th, x : x + tw] for n, y, x in part])
-        out = fn(batch)
-        if out.ndim != 4 or out.shape[0] != len(part) or tuple(out.shape[-2:]) != (th, tw):
-            raise ValueError(
-                f"the model returned shape {tuple(out.shape)} for tiles of shape "
-                f"{tuple(batch.shape)}; expected [B, C, {th}, {tw}]"
-            )
-        out = out.float()
-        if acc is None:
-            acc = torch.zeros(n_img, out.shape[1], h, w, dtype=torch.float32, device=image.device)
-        for k, (n, y, x) in enumerate(part):
-            acc[n, :, y : y + th, x : x + tw].addcmul_(out[k].to(image.device), weight)
-    if acc is None:
-        raise ValueError("no tiles to run")
-    return acc.div_(wsum)  # in place: a block's accumulator is its largest buffer
+    return _accumulate(fn, image, (starts_y, starts_x), weight, batch_size)
 
 
 def accumulate_volume(
@@ -255,31 +231,53 @@ def accumulate_volume(
         >>> bool(torch.allclose(out, vol, atol=1e-6))
         True
     """
-    _, d, h, w = volume.shape
-    td, th, tw = weight.shape
-    weight = weight.to(volume.device)
-    wsum = torch.zeros(d, h, w, dtype=torch.float32, device=volume.device)
-    tiles = [(z, y, x) for z in starts_z for y in starts_y for x in starts_x]
-    for z, y, x in tiles:
-        wsum[z : z + td, y : y + th, x : x + tw] += weight
+    return _accumulate(fn, volume[None], (starts_z, starts_y, starts_x), weight, batch_size)[0]
+
+
+def _accumulate(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    starts: Sequence[Sequence[int]],
+    weight: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor:
+    """`accumulate` in any number of spatial axes: ``image`` ``[L, 1, *S]`` -> ``[L, C, *S]``.
+
+    Tiles are taken in the order (leading index, then ``starts`` of each axis, last fastest);
+    every leading index (a slice of a 2D model, or the one volume of a 3D model) shares the
+    spatial weight sum.
+    """
+    n_lead, spatial = image.shape[0], tuple(image.shape[2:])
+    tile = tuple(weight.shape)
+    weight = weight.to(image.device)
+    windows = [
+        tuple(slice(o, o + t) for o, t in zip(origin, tile, strict=True))
+        for origin in itertools.product(*starts)
+    ]
+    wsum = torch.zeros(spatial, dtype=torch.float32, device=image.device)
+    for win in windows:
+        wsum[win] += weight
+    tiles = [(n, win) for n in range(n_lead) for win in windows]
     acc: torch.Tensor | None = None
     for i in range(0, len(tiles), batch_size):
         part = tiles[i : i + batch_size]
-        batch = torch.stack([volume[:, z : z + td, y : y + th, x : x + tw] for z, y, x in part])
+        batch = torch.stack([image[(n, slice(None), *win)] for n, win in part])
         out = fn(batch)
-        if out.ndim != 5 or out.shape[0] != len(part) or tuple(out.shape[-3:]) != (td, th, tw):
+        if out.ndim != 2 + len(tile) or out.shape[0] != len(part) or out.shape[2:] != tile:
             raise ValueError(
                 f"the model returned shape {tuple(out.shape)} for tiles of shape "
-                f"{tuple(batch.shape)}; expected [B, C, {td}, {th}, {tw}]"
+                f"{tuple(batch.shape)}; expected [B, C, {', '.join(map(str, tile))}]"
             )
         out = out.float()
         if acc is None:
-            acc = torch.zeros(out.shape[1], d, h, w, dtype=torch.float32, device=volume.device)
-        for k, (z, y, x) in enumerate(part):
-            acc[:, z : z + td, y : y + th, x : x + tw].addcmul_(out[k].to(volume.device), weight)
+            acc = torch.zeros(
+                (n_lead, out.shape[1], *spatial), dtype=torch.float32, device=image.device
+            )
+        for k, (n, win) in enumerate(part):
+            acc[(n, slice(None), *win)].addcmul_(out[k].to(image.device), weight)
     if acc is None:
         raise ValueError("no tiles to run")
-    return acc.div_(wsum)
+    return acc.div_(wsum)  # in place: a block's accumulator is its largest buffer
 
 
 def sliding_window(
