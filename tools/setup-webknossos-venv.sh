@@ -25,7 +25,7 @@ else
   echo "setup-webknossos-venv: creating $VENV with $($PY --version) and $WK_SPEC" >&2
   "$PY" -m venv "$VENV"
   printf '*\n' > "$VENV/.gitignore"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$WK_SPEC"
+  "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "$WK_SPEC"
   "$VENV/bin/python" -c "import webknossos"
 fi
 [ -f "$VENV/.gitignore" ] || printf '*\n' > "$VENV/.gitignore"

@@ -30,11 +30,20 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 
+# The CUDA build of torch alone is ~5.5 GB in the venv; fail early and clearly on a full disk
+# rather than with pip's "[Errno 28]" half way through an install.
+need_gb=${EMSSL_SETUP_NEED_GB:-9}
+free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+if [ ! -f .venv/.emssl-setup-stamp ] && [ "$free_gb" -lt "$need_gb" ]; then
+  echo "setup: only ${free_gb} GB free on $(df -P . | awk 'NR==2 {print $6}'); a fresh .venv needs ~${need_gb} GB" >&2
+  exit 1
+fi
+
 stamp=.venv/.emssl-setup-stamp
 want=$(cat tools/constraints.txt tools/requirements-dev.txt packages/*/pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing packages into .venv (torch first, then the workspace)"
-  PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c tools/constraints.txt)
+  PIP=(.venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check -c tools/constraints.txt)
   # torch and torchvision together first: pip then never reaches for another torch build.
   "${PIP[@]}" torch==2.14.1 torchvision==0.29.1 2> >(grep -v '^WARNING: Location' >&2)
   "${PIP[@]}" -r tools/requirements-dev.txt \
