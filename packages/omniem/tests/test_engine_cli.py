@@ -132,6 +132,8 @@ def test_predict_refuses_a_plan_larger_than_memory(files, tmp_path, capsys, monk
 
 def test_errors_are_one_line_and_name_the_culprit(files, tmp_path, capsys) -> None:
     model, tif = str(files["model"]), str(files["tif"])
+    flat = tmp_path / "flat.tif"  # a 2D image: orthoplanes need a volume
+    tifffile.imwrite(flat, files["img"][0])
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00" + b"\x00" * 10)
     notours = tmp_path / "notours.zarr"
@@ -142,7 +144,7 @@ def test_errors_are_one_line_and_name_the_culprit(files, tmp_path, capsys) -> No
         (["predict", tif, "o.zarr", "--model", "no-such-model"], "--model no-such-model"),
         (["predict", tif, "o.zarr", "--model", str(tmp_path / "m.safetensors")], "m.safetensors"),
         (["predict", tif, str(notours), "--model", model, *OPTS], "notours.zarr"),
-        (["predict", tif, "o.zarr", "--model", model, "--orthoplanes"], "--orthoplanes"),
+        (["predict", str(flat), "o.zarr", "--model", model, "--orthoplanes"], "flat.tif"),
         (["predict", tif, "o.zarr", "--model", model, "--devices", "gpu"], "--devices gpu"),
         (["plan", tif, "--model", model, "--voxel-size", "5,x"], "--voxel-size"),
         (["plan", tif, "--model", model, "--overlap", "1.5"], "--overlap"),

@@ -104,9 +104,15 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "available now)",
     )
     p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over the 8 flips/rotations of each tile (8x time)",
+    )
+    p.add_argument(
         "--orthoplanes",
         action="store_true",
-        help="predict along z, y and x and average (not implemented yet)",
+        help="run a 2D model on xy, xz and yz planes and average them (isotropic volumes; ~3x "
+        "the compute; --tile-z defaults to --tile)",
     )
 
 
@@ -133,11 +139,6 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
 
     from omniem.engine.devices import parse_devices
 
-    if args.orthoplanes:
-        raise _CliError(
-            "--orthoplanes: not implemented yet (the engine predicts xy slices only); "
-            "drop the option"
-        )
     try:
         parse_devices(args.devices)
     except ValueError as err:
@@ -172,6 +173,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         "output": args.output_kind,
         "block": None if block is None else tuple(int(b) for b in block),
         "tile_z": args.tile_z,
+        "tta": args.tta,
+        "orthoplanes": args.orthoplanes,
     }
 
 

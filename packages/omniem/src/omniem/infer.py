@@ -6,6 +6,8 @@ volume engine builds on the same network calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
@@ -21,6 +23,7 @@ def predict_image(
     overlap: float = 0.25,
     batch_size: int = 4,
     dtype: str = "bf16",
+    tta: bool = False,
 ) -> torch.Tensor:
     """Activated output (`omniem.nets.activate`) of a 2D image ``[H, W]`` -> ``[C, H', W']``.
 
@@ -31,6 +34,8 @@ def predict_image(
         overlap: window overlap fraction.
         batch_size: windows per forward pass.
         dtype: ``bf16`` (autocast) or ``fp32``.
+        tta: test-time augmentation: average the raw outputs over the 8 flips and 90-degree
+            rotations of the image (8x the compute), then activate.
 
     Examples:
         >>> from omniem.nets import NetConfig, build
@@ -56,16 +61,46 @@ def predict_image(
                         return net(batch).float()
                 return net(batch).float()
 
-            tile_hw = (min(tile, x.shape[-2]), min(tile, x.shape[-1]))
-            y = sliding_window_inference(
-                x,
-                roi_size=tile_hw,
-                sw_batch_size=batch_size,
-                predictor=run,
-                overlap=overlap,
-                mode="gaussian",
-                padding_mode="reflect",
-            )
+            def window(img: torch.Tensor) -> torch.Tensor:
+                tile_hw = (min(tile, img.shape[-2]), min(tile, img.shape[-1]))
+                return sliding_window_inference(
+                    img,
+                    roi_size=tile_hw,
+                    sw_batch_size=batch_size,
+                    predictor=run,
+                    overlap=overlap,
+                    mode="gaussian",
+                    padding_mode="reflect",
+                )
+
+            if tta:
+                y = sum(undo(window(do(x))) for do, undo in dihedral_transforms()) / 8.0
+            else:
+                y = window(x)
     finally:
         net.train(was)
     return activate(y, net.config.task)[0]
+
+
+def dihedral_transforms() -> list[tuple[Callable, Callable]]:
+    """The 8 symmetries of the square on the last two axes, as ``(forward, inverse)`` pairs.
+
+    Examples:
+        >>> x = torch.arange(6.0).reshape(1, 1, 2, 3)
+        >>> all(torch.equal(undo(do(x)), x) for do, undo in dihedral_transforms())
+        True
+    """
+    out: list[tuple[Callable, Callable]] = []
+    for flip in (False, True):
+        for k in range(4):
+
+            def do(t: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                t = t.flip(-1) if flip else t
+                return torch.rot90(t, k, dims=(-2, -1))
+
+            def undo(t: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                t = torch.rot90(t, -k, dims=(-2, -1))
+                return t.flip(-1) if flip else t
+
+            out.append((do, undo))
+    return out

@@ -100,11 +100,14 @@ def plan(
         per_voxel = 13 if setup.output == "labels" else c * (8 + setup.out_dtype.itemsize)
         mem_out = max(mem_out, (blk.z[1] - blk.z[0]) * bh * bw * per_voxel)
     info = runner.info
+    ortho = bool(setup.params.get("orthoplanes", False))
+    # Orthoplanes run a 2D model on `b` planes at a time and keep three output copies per tile.
+    planes = 1 if ortho else tz
     if "embed_dim" in info:
         n_tok = math.ceil(t / info["patch_size"]) ** 2
         act = (
             b
-            * tz
+            * planes
             * 4
             * (
                 8 * info["feature_size"] * t * t
@@ -113,8 +116,8 @@ def plan(
             )
         )
     else:
-        act = b * tz * t * t * 16 * 4
-    mem_batch = b * tz * t * t * (1 + c) * 4 + act
+        act = b * planes * t * t * 16 * 4
+    mem_batch = b * tz * t * t * (1 + (3 if ortho else 1) * c) * 4 + act
     out_items = math.prod(setup.out_shape)
     out_bytes = out_items * setup.out_dtype.itemsize
     memory = {
@@ -132,6 +135,8 @@ def plan(
         "block_shape": (bz, min(bhw, h), min(bhw, w)),
         "tile": t,
         "tile_z": setup.gz.tile if setup.gz is not None else None,
+        "tta": bool(setup.params.get("tta", False)),  # 8 forward passes per batch when on
+        "orthoplanes": ortho,
         "tiles_per_slice": per_slice,
         "tile_runs": int(tile_runs),
         "halo_overhead": round(tile_runs / max(1, per_slice * n_z_tiles), 3),
@@ -181,7 +186,7 @@ def _step(grid: Any) -> int:
 def _time_batch(setup: R.Setup) -> float:
     runner = setup.runner
     x = torch.rand(
-        setup.batch_size, 1, setup.tile, setup.tile, generator=torch.Generator().manual_seed(0)
+        setup.batch_size, 1, *setup.tile_shape, generator=torch.Generator().manual_seed(0)
     )
     module = runner.module
     was = module.training if module is not None else False

@@ -149,6 +149,8 @@ def predict(
     intensity: tuple[float, float] | None = None,
     scheduler: Any = None,
     tile_z: int | None = None,
+    tta: bool = False,
+    orthoplanes: bool = False,
 ) -> np.ndarray | Path:
     """Predict a whole image or volume with an OmniEM model, tiled and blended, out of core.
 
@@ -187,6 +189,12 @@ def predict(
             (``devices`` then names the device of each dask worker, ``"cpu"`` or ``"cuda"``).
         tile_z: slices per tile of a 3D model (default 16; tiles overlap in z by ``overlap``
             too and are blended in 3D). Ignored for 2D models, which run slice by slice.
+        tta: test-time augmentation: each tile's raw output is the mean over its 8 flips and
+            90-degree rotations (8x the compute; `omniem.infer.dihedral_transforms`).
+        orthoplanes: run a 2D model on xy, xz and yz slices of cubic tiles (``tile_z`` defaults
+            to ``tile``) and average the raw outputs (`omniem.engine.views.orthoplanes`); the
+            tiles are blended in 3D like a 3D model's. For (near-)isotropic volumes; about
+            3x the compute of xy slices, plus the overlap in z.
 
     Returns:
         The array, or the target path once complete.
@@ -219,6 +227,8 @@ def predict(
         "block": block,
         "intensity": intensity,
         "tile_z": tile_z,
+        "tta": tta,
+        "orthoplanes": orthoplanes,
     }
     setup = prepare(model, source, devices=devices, scheduler=scheduler, **kwargs)
     ledger: Ledger | None = None
