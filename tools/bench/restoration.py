@@ -5,6 +5,12 @@ Usage::
     python tools/bench/restoration.py denoise --model denoise-2d [--out result.json]
     python tools/bench/restoration.py sr2x --model sr2x-2d [--out result.json]
 
+``--bin 2`` area-bins every slice 2x first (10 nm targets; the model must be trained the same way,
+``data.bin: 2``). Each result has ``target_noise_std`` (`omniem.degrade.estimate_noise_std` of the
+clean slices) and ``psnr_ceiling_db``: the targets' own noise caps any method's PSNR near it.
+
+``--tta`` runs the model with 8-fold flip/rot90 test-time augmentation (8x its compute).
+
 Data: the Lucchi++ validation slices (``lucchi_pp/val``, slices 132-164 of the training volume,
 held out of every training run here), every third slice, a centred 512 x 512 crop, in [0, 1].
 
@@ -34,20 +40,36 @@ NLM_SIGMAS = (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.24)
 NLM_H = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
 
 
-def _slices(split: str, step: int, count: int | None = None) -> list[np.ndarray]:
+def _slices(split: str, step: int, count: int | None = None, bin: int = 1) -> list[np.ndarray]:
     from em5m import datasets
+    from omniem.train.data import bin_images
 
     vol = datasets.load("lucchi_pp", split=split).image
-    h, w = vol.shape[1:]
-    y0, x0 = (h - CROP) // 2, (w - CROP) // 2
     zs = list(range(0, vol.shape[0], step))[:count]
-    return [vol[z, y0 : y0 + CROP, x0 : x0 + CROP].astype(np.float32) / 255.0 for z in zs]
+    vol = np.asarray(vol[zs])
+    if bin > 1:  # the same binning as training's data.bin
+        vol = bin_images(vol, bin)
+    h, w = vol.shape[1:]
+    ch, cw = min(CROP, h), min(CROP, w)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return [s[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32) / 255.0 for s in vol]
+
+
+def _noise_ceiling(clean: list[np.ndarray]) -> dict[str, float]:
+    """Noise in the targets themselves, and the PSNR no method can clearly exceed against them."""
+    from omniem import degrade
+
+    sigma = float(np.mean([degrade.estimate_noise_std(c) for c in clean]))
+    return {"target_noise_std": round(sigma, 4), "psnr_ceiling_db": round(-20 * np.log10(sigma), 2)}
+
+
+TTA = False  # set by --tta: average over the 8 flips/rotations (`omniem.infer.predict_image`)
 
 
 def _run(net, image: np.ndarray) -> np.ndarray:  # noqa: ANN001
     from omniem.infer import predict_image
 
-    return predict_image(net, image, dtype="bf16")[0].numpy()
+    return predict_image(net, image, dtype="bf16", tta=TTA)[0].numpy()
 
 
 def _scores(out: list[np.ndarray], clean: list[np.ndarray]) -> dict[str, float]:
@@ -79,6 +101,7 @@ def denoise(net, val: list[np.ndarray], tune: list[np.ndarray]) -> dict:  # noqa
         model = [np.clip(_run(net, n), 0.0, 1.0) for n in noisy]
         t2 = time.perf_counter()
         r = {
+            **_noise_ceiling(val),
             "noise": params,
             "noisy": _scores(noisy, val),
             "nlm": _scores(nlm, val),
@@ -100,7 +123,7 @@ def sr2x(net, val: list[np.ndarray]) -> dict:  # noqa: ANN001
     small = [degrade.downsample2x(c) for c in val]
     bicubic = [degrade.bicubic_upsample(s, 2) for s in small]
     model = [np.clip(_run(net, s), 0.0, 1.0) for s in small]
-    r = {"bicubic": _scores(bicubic, val), "model": _scores(model, val)}
+    r = {"bicubic": _scores(bicubic, val), "model": _scores(model, val), **_noise_ceiling(val)}
     r["gain_vs_bicubic_db"] = round(r["model"]["psnr"] - r["bicubic"]["psnr"], 3)
     r["meets_issue_6"] = r["gain_vs_bicubic_db"] >= 1.5
     return r
@@ -111,21 +134,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("task", choices=["denoise", "sr2x"])
     ap.add_argument("--model", required=True, help="registry name or model file")
     ap.add_argument("--out")
+    ap.add_argument("--tta", action="store_true", help="8-fold flip/rot90 test-time augmentation")
+    ap.add_argument(
+        "--bin",
+        type=int,
+        default=1,
+        help="area-bin the slices first (2: 10 nm targets, as a model trained with data.bin=2)",
+    )
     args = ap.parse_args(argv)
+    global TTA
+    TTA = args.tta
     import torch
 
     from omniem import registry
 
     torch.manual_seed(0)
     net = registry.load(args.model)
-    val = _slices("val", 3)
+    val = _slices("val", 3, bin=args.bin)
     result = {
         "benchmark": f"restoration/{args.task}",
         "model": args.model,
-        "data": f"lucchi_pp/val every 3rd slice ({len(val)}), centred {CROP} px crops",
+        "tta": args.tta,
+        "data": f"lucchi_pp/val every 3rd slice ({len(val)}), binned {args.bin}x, centred "
+        f"{val[0].shape[0]} x {val[0].shape[1]} px crops",
     }
     if args.task == "denoise":
-        tune = _slices("train", 33, 4)  # 4 training slices tune the NLM baseline
+        tune = _slices("train", 33, 4, bin=args.bin)  # 4 training slices tune the NLM baseline
         result["nlm_tuned_on"] = "lucchi_pp/train slices 0, 33, 66, 99 (same crops)"
         result["levels"] = denoise(net, val, tune)
     else:

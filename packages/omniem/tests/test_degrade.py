@@ -241,3 +241,19 @@ def test_nlm_rejects_bad_arguments():
 def test_docstring_examples():
     result = doctest.testmod(degrade, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_noise_std_estimate_finds_added_noise_on_real_slices(lucchi_val):
+    """Immerkaer's estimate on a real slice, then with known Gaussian noise added: the added
+    variance is recovered, and 2x binning (as training's data.bin) lowers the estimate."""
+    from omniem.degrade import estimate_noise_std
+
+    clean = lucchi_val[5, :512, :512]
+    base = estimate_noise_std(clean)
+    assert 0.005 < base < 0.1
+    noisy = clean + 0.08 * np.random.default_rng(0).standard_normal(clean.shape)
+    added = np.sqrt(estimate_noise_std(noisy) ** 2 - base**2)
+    assert abs(added - 0.08) < 0.008
+    assert estimate_noise_std(downsample2x(clean)) < 0.75 * base
+    with pytest.raises(ValueError, match="2D image"):
+        estimate_noise_std(clean[None])

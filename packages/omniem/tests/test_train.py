@@ -98,3 +98,20 @@ def test_bad_config_is_a_clear_error():
         load_config("no_such_recipe")
     with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
         load_config("mito_2d", ["optim.lrr=1"])
+
+
+def test_data_bin_loads_restoration_slices_at_twice_the_pixel_size(emssl_data) -> None:
+    from omniem.train.config import DataConfig
+    from omniem.train.data import bin_images, load_split
+
+    plain = load_split(DataConfig(target="downsample"), "val", "0:3", with_labels=False)
+    binned = load_split(DataConfig(target="downsample", bin=2), "val", "0:3", with_labels=False)
+    assert binned.images.shape == (3, 384, 512) and binned.images.dtype == np.uint8
+    block = plain.images[:, 100:102, 200:202].astype(np.float64).mean(axis=(1, 2))
+    np.testing.assert_allclose(binned.images[:, 50, 100], block, atol=0.51)
+    assert plain.voxel_size is not None and binned.voxel_size is not None
+    assert binned.voxel_size[-1] == 2 * plain.voxel_size[-1]
+    with pytest.raises(ValueError, match="not labels"):
+        load_split(DataConfig(bin=2), "val", "0:3", with_labels=True)
+    with pytest.raises(ValueError, match="smaller than the bin factor"):
+        bin_images(np.zeros((1, 3, 3), np.uint8), 4)

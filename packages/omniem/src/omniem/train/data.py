@@ -42,6 +42,13 @@ def load_split(cfg: DataConfig, split: str, slices: str, *, with_labels: bool) -
     if not idx:
         raise ValueError(f"{cfg.dataset}/{split}: slice selection {slices!r} selects nothing")
     images = _to_uint8(np.asarray(ds.image)[idx])
+    voxel_size = ds.voxel_size
+    if cfg.bin > 1:
+        if with_labels:
+            raise ValueError(f"data.bin={cfg.bin}: binning is for restoration data, not labels")
+        images = bin_images(images, cfg.bin)
+        if voxel_size is not None:  # in-plane axes (the last two) grow by the bin factor
+            voxel_size = (*voxel_size[:-2], *(v * cfg.bin for v in voxel_size[-2:]))
     labels = None
     if with_labels:
         if not ds.labels or cfg.label_key not in ds.labels:
@@ -59,7 +66,23 @@ def load_split(cfg: DataConfig, split: str, slices: str, *, with_labels: bool) -
         else:
             labels = raw.astype(np.int64)
     names = [str(ds.slice_names[i]) for i in idx] if ds.slice_names else [str(i) for i in idx]
-    return SplitArrays(images, labels, names, ds.voxel_size)
+    return SplitArrays(images, labels, names, voxel_size)
+
+
+def bin_images(images: np.ndarray, factor: int) -> np.ndarray:
+    """Area-bin ``[N, H, W]`` uint8 images by ``factor`` (mean of each block, rounded; ragged
+    edges cropped).
+
+    Examples:
+        >>> bin_images(np.arange(16, dtype=np.uint8).reshape(1, 4, 4), 2)[0].tolist()
+        [[2, 4], [10, 12]]
+    """
+    n, h, w = images.shape
+    hb, wb = h // factor, w // factor
+    if hb < 1 or wb < 1:
+        raise ValueError(f"images {h} x {w} are smaller than the bin factor {factor}")
+    a = images[:, : hb * factor, : wb * factor].reshape(n, hb, factor, wb, factor)
+    return np.rint(a.mean(axis=(2, 4), dtype=np.float64)).astype(np.uint8)
 
 
 def augmentations(aug: AugmentConfig, keys: list[str], label_keys: list[str]) -> mt.Compose:
