@@ -142,7 +142,13 @@ def compute_block(setup: Setup, block: Block, weight: torch.Tensor | None = None
         with torch.inference_mode():
             if gz is None or rz is None or starts_z is None:
                 out = T.accumulate(
-                    runner.fn, img, starts_y, starts_x, weight, batch_size=setup.batch_size
+                    runner.fn,
+                    img,
+                    starts_y,
+                    starts_x,
+                    weight,
+                    batch_size=setup.batch_size,
+                    scale=setup.scale,
                 )
             else:
                 vol = T.accumulate_volume(
@@ -157,7 +163,8 @@ def compute_block(setup: Setup, block: Block, weight: torch.Tensor | None = None
                 oz = block.z[0] + gz.pad_before - rz[0]
                 out = vol[:, oz : oz + block.z[1] - block.z[0]].transpose(0, 1)  # [z, C, h, w]
             oy, ox = ny[0] + gy.pad_before - ry[0], nx[0] + gx.pad_before - rx[0]
-            out = out[:, :, oy : oy + ny[1] - ny[0], ox : ox + nx[1] - nx[0]]
+            k = setup.scale  # output pixels per model pixel (super-resolution)
+            out = out[:, :, k * oy : k * (oy + ny[1] - ny[0]), k * ox : k * (ox + nx[1] - nx[0])]
             if setup.output == "labels" and back_y is None and back_x is None:
                 # Softmax is monotonic per pixel, so the arg-max of the blended logits is the
                 # arg-max of the probabilities: skip the activation and the float copies.
@@ -212,4 +219,7 @@ def _argmax_channels(x: torch.Tensor) -> torch.Tensor:
 
 def tile_weight(setup: Setup) -> torch.Tensor:
     """The blending weights of one tile (2D, or 3D for a 3D model) on the run's device."""
-    return T.blend_weights(setup.tile_shape, setup.blend, device=setup.runner.device)
+    shape = setup.tile_shape
+    if setup.scale != 1:  # weights of the up-scaled output tile
+        shape = (*shape[:-2], shape[-2] * setup.scale, shape[-1] * setup.scale)
+    return T.blend_weights(shape, setup.blend, device=setup.runner.device)

@@ -95,8 +95,9 @@ def plan(
         mem_source = max(
             mem_source, bz * sh * sw * (setup.src_dtype.itemsize + 4) + 2 * bz * rh * rw * 4
         )
-        mem_acc = max(mem_acc, bz * rh * rw * c * 4 + rh * rw * 4)
-        bh, bw = blk.y[1] - blk.y[0], blk.x[1] - blk.x[0]
+        k2 = setup.scale**2  # super-resolution: accumulators and outputs at the output size
+        mem_acc = max(mem_acc, k2 * (bz * rh * rw * c * 4 + rh * rw * 4))
+        bh, bw = setup.scale * (blk.y[1] - blk.y[0]), setup.scale * (blk.x[1] - blk.x[0])
         per_voxel = 13 if setup.output == "labels" else c * (8 + setup.out_dtype.itemsize)
         mem_out = max(mem_out, (blk.z[1] - blk.z[0]) * bh * bw * per_voxel)
     info = runner.info
@@ -110,14 +111,14 @@ def plan(
             * planes
             * 4
             * (
-                8 * info["feature_size"] * t * t
+                8 * info["feature_size"] * t * t * setup.scale**2
                 + 12 * info["embed_dim"] * n_tok
                 + info["num_heads"] * n_tok * n_tok
             )
         )
     else:
         act = b * planes * t * t * 16 * 4
-    mem_batch = b * tz * t * t * (1 + (3 if ortho else 1) * c) * 4 + act
+    mem_batch = b * tz * t * t * (1 + (3 if ortho else 1) * c * setup.scale**2) * 4 + act
     out_items = math.prod(setup.out_shape)
     out_bytes = out_items * setup.out_dtype.itemsize
     memory = {

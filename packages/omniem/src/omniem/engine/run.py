@@ -201,7 +201,9 @@ def predict(
 
     Raises:
         ValueError: unsupported source dtype or dimensionality, bad arguments.
-        NotImplementedError: super-resolution models (``output_scale != 1``).
+        NotImplementedError: a model with a non-integer ``output_scale``. Integer up-scaling
+            (super-resolution) runs slice by slice; the output is ``output_scale`` times larger
+            in y and x, its voxel size as much smaller, and the source is not resampled.
         FileExistsError: ``target`` exists (complete, or not an omniem output) and ``overwrite``
             is False; `omniem.engine.ledger.LedgerMismatchError` when it is an incomplete run
             with other parameters.

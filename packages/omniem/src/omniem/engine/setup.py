@@ -119,6 +119,7 @@ class Setup:
     params: dict[str, Any]
     devices: Any = None  # omniem.engine.devices.DeviceSpec: where the blocks run
     gz: T.AxisGrid | None = None  # the z grid of a 3D model (None: slice by slice)
+    scale: int = 1  # output pixels per input pixel in y and x (super-resolution models)
 
     @property
     def tile_shape(self) -> tuple[int, ...]:
@@ -133,12 +134,22 @@ class Setup:
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Shape of the result (no z axis for a 2D source)."""
+        """Shape of the result (no z axis for a 2D source; y, x times ``scale``)."""
         z, h, w = self.shape
+        h, w = h * self.scale, w * self.scale
         spatial = (h, w) if self.is_2d else (z, h, w)
         if self.output == "probabilities":
             return (self.runner.out_channels, *spatial)
         return spatial
+
+    @property
+    def out_voxel_size(self) -> tuple[float, ...] | None:
+        """Voxel size of the result: the source's, y and x divided by ``scale``."""
+        if self.voxel_size is None:
+            return None
+        vs = list(self.voxel_size)
+        vs[-2:] = [v / self.scale for v in vs[-2:]]
+        return tuple(vs)
 
     @property
     def out_axes(self) -> tuple[str, ...]:
@@ -187,11 +198,12 @@ def _runner(model: Any, device: torch.device, dtype: str, tta: bool = False) -> 
     info: dict[str, Any] = {}
     if config is not None and hasattr(config, "spatial_dims"):
         info["spatial_dims"] = int(config.spatial_dims)
-        if float(getattr(config, "output_scale", 1.0)) != 1.0:
+        scale = float(getattr(config, "output_scale", 1.0))
+        if scale != int(scale) or scale < 1:
             raise NotImplementedError(
-                f"model {name}: super-resolution (output_scale={config.output_scale}) is not "
-                "supported by the engine yet"
+                f"model {name}: output_scale={scale:g}; the engine runs integer up-scaling only"
             )
+        info["output_scale"] = int(scale)
         task: str | None = config.task
         channels: int | None = int(config.out_channels)
         digest_extra = config.model_dump_json()
@@ -453,9 +465,18 @@ def prepare(
         norm = {"kind": "window", "low": w.low, "high": w.high, "from": "percentiles"}
         norm["percentiles"] = list(INTENSITY_PERCENTILES)
 
+    scale = int(runner.info.get("output_scale", 1))
+    if scale != 1 and (runner.spatial_dims != 2 or orthoplanes):
+        raise ValueError(
+            f"model {runner.name} up-scales {scale}x: the engine runs it slice by slice only "
+            "(no 3D model, no orthoplanes)"
+        )
+
     # Voxel size and resampling.
     _, h, w_ = (int(s) for s in data.shape)
     model_vs = _in_plane(runner.card.get("voxel_size_nm"))
+    if model_vs and scale != 1:  # the card gives the output's pixel size; inputs are coarser
+        model_vs = (model_vs[0] * scale, model_vs[1] * scale)
     src_yx = _in_plane(src_vs)
     mh, mw = h, w_
     if model_vs and src_yx:
@@ -471,6 +492,12 @@ def prepare(
                     stacklevel=3,
                 )
     resampled = (mh != h, mw != w_)
+    if scale != 1 and any(resampled):
+        raise ValueError(
+            f"source {name} has {src_yx[0]:g} nm pixels, model {runner.name} expects "
+            f"{model_vs[0]:g} nm inputs: the engine does not resample for super-resolution "
+            "models; resample the source first or pass resample=False (--no-resample)"
+        )
 
     gy, gx = T.axis_grid(mh, tile, overlap), T.axis_grid(mw, tile, overlap)
     z = int(data.shape[0])
@@ -519,6 +546,8 @@ def prepare(
         params["tta"] = True
     if orthoplanes:
         params["orthoplanes"] = True
+    if scale != 1:
+        params["scale"] = scale
     return Setup(
         runner=runner,
         data=data,
@@ -544,4 +573,5 @@ def prepare(
         params=params,
         devices=spec,
         gz=gz,
+        scale=scale,
     )

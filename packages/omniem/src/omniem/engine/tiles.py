@@ -183,6 +183,7 @@ def accumulate(
     weight: torch.Tensor,
     *,
     batch_size: int = 4,
+    scale: int = 1,
 ) -> torch.Tensor:
     """Blend the tiles of ``image`` ``[N, 1, h, w]``: ``sum(w * fn(tile)) / sum(w)``.
 
@@ -191,8 +192,11 @@ def accumulate(
     pixel sums its tiles in that order, so the same tiles give bit-identical results wherever the
     region starts. Pixels covered by no tile are NaN.
 
+    With ``scale`` s (super-resolution), ``fn`` returns ``[B, C, s*th, s*tw]`` per tile, ``weight``
+    is the output tile's ``[s*th, s*tw]`` and the result is ``[N, C, s*h, s*w]``.
+
     Returns:
-        ``[N, C, h, w]`` float32 on ``image``'s device.
+        ``[N, C, h, w]`` (times ``scale`` in y and x) float32 on ``image``'s device.
 
     Examples:
         >>> img = torch.rand(1, 1, 40, 50)
@@ -200,8 +204,13 @@ def accumulate(
         >>> out = accumulate(lambda t: t, img, tile_starts(40, 16, .5), tile_starts(50, 16, .5), w)
         >>> bool(torch.allclose(out, img, atol=1e-6))
         True
+        >>> up = lambda t: t.repeat_interleave(2, -2).repeat_interleave(2, -1)
+        >>> w2 = blend_weights((32, 32), "gaussian")
+        >>> out = accumulate(up, img, tile_starts(40, 16, .5), tile_starts(50, 16, .5), w2, scale=2)
+        >>> out.shape, bool(torch.allclose(out, up(img), atol=1e-6))
+        (torch.Size([1, 1, 80, 100]), True)
     """
-    return _accumulate(fn, image, (starts_y, starts_x), weight, batch_size)
+    return _accumulate(fn, image, (starts_y, starts_x), weight, batch_size, scale)
 
 
 def accumulate_volume(
@@ -240,28 +249,40 @@ def _accumulate(
     starts: Sequence[Sequence[int]],
     weight: torch.Tensor,
     batch_size: int,
+    scale: int = 1,
 ) -> torch.Tensor:
     """`accumulate` in any number of spatial axes: ``image`` ``[L, 1, *S]`` -> ``[L, C, *S]``.
 
     Tiles are taken in the order (leading index, then ``starts`` of each axis, last fastest);
     every leading index (a slice of a 2D model, or the one volume of a 3D model) shares the
-    spatial weight sum.
+    spatial weight sum. ``scale`` multiplies the last two axes of the output (``weight`` is the
+    output tile's).
     """
-    n_lead, spatial = image.shape[0], tuple(image.shape[2:])
-    tile = tuple(weight.shape)
+    n_lead = image.shape[0]
+    nd = len(starts)
+    factors = (1,) * (nd - 2) + (scale, scale)
+    tile = tuple(weight.shape)  # output tile
+    if any(t % f for t, f in zip(tile, factors, strict=True)):
+        raise ValueError(f"weight shape {tile} is not a multiple of scale {scale}")
+    in_tile = tuple(t // f for t, f in zip(tile, factors, strict=True))
+    spatial = tuple(n * f for n, f in zip(image.shape[2:], factors, strict=True))
     weight = weight.to(image.device)
+    origins = list(itertools.product(*starts))
+    in_windows = [
+        tuple(slice(o, o + t) for o, t in zip(origin, in_tile, strict=True)) for origin in origins
+    ]
     windows = [
-        tuple(slice(o, o + t) for o, t in zip(origin, tile, strict=True))
-        for origin in itertools.product(*starts)
+        tuple(slice(o * f, o * f + t) for o, t, f in zip(origin, tile, factors, strict=True))
+        for origin in origins
     ]
     wsum = torch.zeros(spatial, dtype=torch.float32, device=image.device)
     for win in windows:
         wsum[win] += weight
-    tiles = [(n, win) for n in range(n_lead) for win in windows]
+    tiles = [(n, k) for n in range(n_lead) for k in range(len(origins))]
     acc: torch.Tensor | None = None
     for i in range(0, len(tiles), batch_size):
         part = tiles[i : i + batch_size]
-        batch = torch.stack([image[(n, slice(None), *win)] for n, win in part])
+        batch = torch.stack([image[(n, slice(None), *in_windows[k])] for n, k in part])
         out = fn(batch)
         if out.ndim != 2 + len(tile) or out.shape[0] != len(part) or out.shape[2:] != tile:
             raise ValueError(
@@ -273,8 +294,8 @@ def _accumulate(
             acc = torch.zeros(
                 (n_lead, out.shape[1], *spatial), dtype=torch.float32, device=image.device
             )
-        for k, (n, win) in enumerate(part):
-            acc[(n, slice(None), *win)].addcmul_(out[k].to(image.device), weight)
+        for j, (n, k) in enumerate(part):
+            acc[(n, slice(None), *windows[k])].addcmul_(out[j].to(image.device), weight)
     if acc is None:
         raise ValueError("no tiles to run")
     return acc.div_(wsum)  # in place: a block's accumulator is its largest buffer

@@ -15,7 +15,8 @@ from omniem.errors import OmniEMError
 
 
 def _index(setup: Setup, block: Block) -> tuple[slice, ...]:
-    sl = [slice(*block.y), slice(*block.x)]
+    k = setup.scale
+    sl = [slice(k * block.y[0], k * block.y[1]), slice(k * block.x[0], k * block.x[1])]
     if not setup.is_2d:
         sl.insert(0, slice(*block.z))
     if setup.output == "probabilities":
@@ -74,7 +75,7 @@ class _ZarrWriter:
                 outer.append(min(bz, n))
                 inner.append(1)
             else:
-                o = min(bhw, n)
+                o = min(bhw * setup.scale, n)
                 i = min(CHUNK_SIDE, o)
                 outer.append(o)
                 inner.append(i if o % i == 0 else o)
@@ -93,9 +94,10 @@ class _ZarrWriter:
             fill_value=0,
             dimension_names=list(axes),
         )
-        vs = dict(zip(("y", "x"), setup.voxel_size[-2:], strict=True)) if setup.voxel_size else {}
-        if setup.voxel_size and len(setup.voxel_size) == 3:
-            vs["z"] = setup.voxel_size[0]
+        out_vs = setup.out_voxel_size
+        vs = dict(zip(("y", "x"), out_vs[-2:], strict=True)) if out_vs else {}
+        if out_vs and len(out_vs) == 3:
+            vs["z"] = out_vs[0]
         known = bool(vs) and all(a in vs for a in axes if a != "c")
         ngff_axes, scale = [], []
         for a in axes:
