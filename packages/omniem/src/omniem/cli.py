@@ -93,8 +93,9 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output-kind",
         dest="output_kind",
-        choices=["probabilities", "labels", "image"],
-        help="default by task: labels (semantic), image (restoration), else probabilities",
+        choices=["probabilities", "labels", "image", "instances"],
+        help="default by task: labels (semantic), image (restoration), instances (instances: "
+        "ids stitched across blocks), else probabilities",
     )
     p.add_argument("--block", metavar="SLICES,PIXELS", help="output block, default 8,1024")
     p.add_argument(

@@ -148,9 +148,10 @@ def estimate_noise_std(image: np.ndarray) -> float:
 
     The image is filtered with the 3 x 3 mask ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]``, which
     cancels locally planar signal; the mean absolute response times ``sqrt(pi / 2) / 6`` estimates
-    sigma. Texture inflates the estimate, so it is an upper bound on EM images. It bounds what any
-    restoration can score against this image as a target: no prediction independent of the
-    target's noise gets a PSNR above about ``-20 log10(sigma)`` (data range 1).
+    sigma. Texture adds to the estimate, so on EM images read it as an upper bound. Used as a
+    target, such an image caps restoration scores: a prediction whose only error is the target's
+    own noise scores a PSNR of ``-20 log10(sigma)`` (data range 1), and none independent of that
+    noise does much better.
 
     Examples:
         >>> rng = np.random.default_rng(0)

@@ -188,6 +188,10 @@ def compute_block(setup: Setup, block: Block, weight: torch.Tensor | None = None
         res = _interp(res, 3, back_x)
     if setup.output == "labels":
         return np.argmax(res, axis=1).astype(setup.out_dtype)  # [z, y, x]
+    if setup.output == "instances":  # local ids 1..n; `omniem.engine.stitch` joins blocks
+        from omniem.engine.stitch import block_instances
+
+        return block_instances(res)
     if setup.output == "image":
         img0 = res[:, 0]
         if setup.out_dtype == np.uint8:

@@ -175,7 +175,11 @@ class Ledger:
     # ------------------------------------------------------------------ blocks
     def done(self) -> set[int]:
         """Ids of the recorded blocks (a torn or unreadable line is skipped)."""
-        out: set[int] = set()
+        return set(self.blocks())
+
+    def blocks(self) -> dict[int, dict[str, Any]]:
+        """The recorded blocks' lines by id (a torn or unreadable line is skipped)."""
+        out: dict[int, dict[str, Any]] = {}
         try:
             lines = self.path.read_text().splitlines()[1:]
         except OSError:
@@ -186,7 +190,7 @@ class Ledger:
             except ValueError:
                 continue
             if isinstance(rec, dict) and rec.get("kind") == "block":
-                out.add(int(rec["id"]))
+                out[int(rec["id"])] = rec
         return out
 
     def record(self, block_id: int, **info: Any) -> None:

@@ -98,7 +98,11 @@ def plan(
         k2 = setup.scale**2  # super-resolution: accumulators and outputs at the output size
         mem_acc = max(mem_acc, k2 * (bz * rh * rw * c * 4 + rh * rw * 4))
         bh, bw = setup.scale * (blk.y[1] - blk.y[0]), setup.scale * (blk.x[1] - blk.x[0])
-        per_voxel = 13 if setup.output == "labels" else c * (8 + setup.out_dtype.itemsize)
+        per_voxel = {
+            "labels": 13,
+            # probabilities, then the watershed's mask, seeds, labels and queue (measured ~40)
+            "instances": c * 8 + 40,
+        }.get(setup.output, c * (8 + setup.out_dtype.itemsize))
         mem_out = max(mem_out, (blk.z[1] - blk.z[0]) * bh * bw * per_voxel)
     info = runner.info
     ortho = bool(setup.params.get("orthoplanes", False))

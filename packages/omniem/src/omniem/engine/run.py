@@ -66,6 +66,7 @@ from omniem.engine.setup import (
     Setup,
     prepare,
 )
+from omniem.engine.stitch import RawLabels, stitch
 from omniem.engine.writers import _MemoryWriter, _ZarrWriter
 
 # The engine's pieces, importable from here as before the split into setup/compute/writers.
@@ -176,9 +177,11 @@ def predict(
         voxel_size: source voxel size in nm (``(z, y, x)``, ``(y, x)`` or one in-plane number);
             overrides what the source says.
         resample: resample to the model card's ``voxel_size_nm`` when they differ by > 10 %.
-        output: ``probabilities`` (``[C, Z, H, W]``), ``labels`` (argmax, ``[Z, H, W]``) or
-            ``image`` (restoration, ``[Z, H, W]``); default by task (semantic: labels,
-            restoration: image, else probabilities). A 2D source gives no z axis.
+        output: ``probabilities`` (``[C, Z, H, W]``), ``labels`` (argmax, ``[Z, H, W]``),
+            ``image`` (restoration, ``[Z, H, W]``) or ``instances`` (uint32 ids stitched across
+            blocks, `omniem.engine.stitch`; models with task ``instances``, one device); default
+            by task (semantic: labels, restoration: image, instances: instances, else
+            probabilities). A 2D source gives no z axis.
         overwrite: replace an existing ``target``.
         progress: called as ``progress(done, total)`` after each block is written.
         out_dtype: probabilities ``float32``/``float16``; labels ``uint8``/``uint16``; image
@@ -242,6 +245,12 @@ def predict(
         root = _target_path(target)
         writer, ledger = _open_target(setup, root, overwrite)
         done = ledger.done()
+    raw: RawLabels | None = None  # instances: blocks' local labels, stitched at the end
+    n_labels: dict[int, int] = {}
+    if setup.output == "instances":
+        raw = RawLabels.in_memory(setup) if root is None else RawLabels.on_disk(setup, root)
+        if ledger is not None:
+            n_labels = {i: int(r["n_labels"]) for i, r in ledger.blocks().items()}
     total = len(setup.blocks)
     todo = [b.id for b in setup.blocks if b.id not in done]
     n_done = total - len(todo)
@@ -257,28 +266,39 @@ def predict(
         events = backend(job, spec, setup, todo)
     try:
         for blk, data in events:
+            extra: dict[str, Any] = {}
             if data is not None:  # computed here or sent back: write it here
-                try:
-                    writer.write(blk, data)
-                except Exception as err:
-                    where = f" to {writer.root}" if isinstance(writer, _ZarrWriter) else ""
-                    raise BlockError(
-                        f"{blk.describe()}: writing the output{where} failed: "
-                        f"{type(err).__name__}: {err}",
-                        block=blk,
-                        stage="write",
-                    ) from err
+                if raw is not None:
+                    n_labels[blk.id] = extra["n_labels"] = int(data.max(initial=0))
+                _write(raw if raw is not None else writer, blk, data, writer)
             if ledger is not None:
-                ledger.record(blk.id, z=list(blk.z), y=list(blk.y), x=list(blk.x))
+                ledger.record(blk.id, z=list(blk.z), y=list(blk.y), x=list(blk.x), **extra)
             n_done += 1
             if progress is not None:
                 progress(n_done, total)
     finally:
         events.close()
+    if raw is not None:  # join the blocks' instances, then write the final ids (idempotent)
+        relabel = stitch(setup, raw, n_labels)
+        for blk in setup.blocks:
+            _write(writer, blk, relabel(blk), writer)
     result = writer.finish()
     if ledger is not None:
         ledger.mark_complete(output=setup.output)
     return result
+
+
+def _write(dest: Any, blk: Block, data: np.ndarray, writer: Any) -> None:
+    """``dest.write(blk, data)``; a failure becomes a `BlockError` naming block and output."""
+    try:
+        dest.write(blk, data)
+    except Exception as err:
+        where = f" to {writer.root}" if isinstance(writer, _ZarrWriter) else ""
+        raise BlockError(
+            f"{blk.describe()}: writing the output{where} failed: {type(err).__name__}: {err}",
+            block=blk,
+            stage="write",
+        ) from err
 
 
 def _local_blocks(setup: Setup, todo: Sequence[int]):

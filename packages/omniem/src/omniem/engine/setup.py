@@ -23,7 +23,7 @@ from omniem.errors import OmniEMError
 __all__ = ["Block", "BlockError", "Runner", "Setup", "prepare"]
 
 ENGINE_FORMAT = "omniem.engine/1"
-OUTPUTS: tuple[str, ...] = ("probabilities", "labels", "image")
+OUTPUTS: tuple[str, ...] = ("probabilities", "labels", "image", "instances")
 DTYPES: tuple[str, ...] = ("bf16", "fp32")
 #: Default block: slices x pixels (y and x) of output per block.
 DEFAULT_BLOCK: tuple[int, int] = (8, 1024)
@@ -40,6 +40,7 @@ OUT_DTYPES: dict[str, tuple[str, ...]] = {
     "probabilities": ("float32", "float16"),
     "labels": ("uint8", "uint16"),
     "image": ("float32", "uint8"),
+    "instances": ("uint32",),
 }
 
 
@@ -365,7 +366,9 @@ def _in_plane(vs: Any) -> tuple[float, float] | None:
 
 
 def _default_output(task: str | None) -> str:
-    return {"semantic": "labels", "restoration": "image"}.get(task or "", "probabilities")
+    return {"semantic": "labels", "restoration": "image", "instances": "instances"}.get(
+        task or "", "probabilities"
+    )
 
 
 def _default_out_dtype(output: str, src_dtype: np.dtype) -> str:
@@ -441,6 +444,17 @@ def prepare(
             f"output='image' needs a restoration model (one channel); model {runner.name} has "
             f"task {runner.task} and {c} channel(s)"
         )
+    if output == "instances":
+        if runner.task not in ("instances", None) or c < 2:
+            raise ValueError(
+                f"output='instances' needs an instances model (sigmoid channels foreground, "
+                f"boundary); model {runner.name} has task {runner.task} and {c} channel(s)"
+            )
+        if spec.kind != "local":
+            raise ValueError(
+                "output='instances' runs its blocks in this process (devices='cpu' or one "
+                f"'cuda:N'), not on {devices!r}: stitching reads the blocks' labels back"
+            )
     odt = out_dtype or _default_out_dtype(output, data.dtype)
     if odt not in OUT_DTYPES[output]:
         raise ValueError(
