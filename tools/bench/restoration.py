@@ -7,12 +7,16 @@ Usage::
 
 ``--bin 2`` area-bins every slice 2x first (10 nm targets; the model must be trained the same way,
 ``data.bin: 2``). Each result has ``target_noise_std`` (`omniem.degrade.estimate_noise_std` of the
-clean slices) and ``psnr_ceiling_db``: the targets' own noise caps any method's PSNR near it.
+clean slices) and ``psnr_at_target_noise_db`` (the PSNR of a method whose only error were the
+targets' own noise): no method scores much above it against these targets.
 
 ``--tta`` runs the model with 8-fold flip/rot90 test-time augmentation (8x its compute).
 
-Data: the Lucchi++ validation slices (``lucchi_pp/val``, slices 132-164 of the training volume,
-held out of every training run here), every third slice, a centred 512 x 512 crop, in [0, 1].
+Data (``--data``): ``lucchi`` (default), the Lucchi++ validation slices (``lucchi_pp/val``,
+slices 132-164 of the training volume, held out of every training run here), every third slice;
+``flyem``, the FlyEM medulla volume's slices 201-249, every second (held out of training; the
+training run validated on 200-240 every 10th, so none of these). A centred crop of at most
+512 x 512, in [0, 1]. NLM is tuned on training slices of the same set.
 
 - ``denoise``: each slice gets synthetic Poisson-Gaussian noise at the two levels of
   `omniem.degrade.NOISE_LEVELS` (seeded per slice and level). Reported per level: PSNR and SSIM
@@ -40,13 +44,31 @@ NLM_SIGMAS = (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.24)
 NLM_H = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
 
 
-def _slices(split: str, step: int, count: int | None = None, bin: int = 1) -> list[np.ndarray]:
+#: Evaluation sets: dataset, (split, slices) scored, (split, slices) tuning NLM, description.
+DATA = {
+    "lucchi": (
+        "lucchi_pp",
+        ("val", "0:33:3"),
+        ("train", "0:132:33"),
+        "Lucchi++ 5 nm FIB-SEM, lucchi_pp/val (slices 132-164 of the volume) every 3rd slice",
+    ),
+    "flyem": (
+        "flyem_medulla",
+        ("all", "201:250:2"),
+        ("all", "0:200:50"),
+        "FlyEM medulla 10 nm FIB-SEM, held-out slices 201-249 every 2nd (training used 0-199 "
+        "and validated on 200-240 every 10th)",
+    ),
+}
+
+
+def _slices(dataset: str, split: str, slices: str, bin: int = 1) -> list[np.ndarray]:
     from em5m import datasets
+    from omniem.train.config import parse_slices
     from omniem.train.data import bin_images
 
-    vol = datasets.load("lucchi_pp", split=split).image
-    zs = list(range(0, vol.shape[0], step))[:count]
-    vol = np.asarray(vol[zs])
+    vol = datasets.load(dataset, split=split).image
+    vol = np.asarray(vol[parse_slices(slices, vol.shape[0])])
     if bin > 1:  # the same binning as training's data.bin
         vol = bin_images(vol, bin)
     h, w = vol.shape[1:]
@@ -55,12 +77,17 @@ def _slices(split: str, step: int, count: int | None = None, bin: int = 1) -> li
     return [s[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32) / 255.0 for s in vol]
 
 
-def _noise_ceiling(clean: list[np.ndarray]) -> dict[str, float]:
-    """Noise in the targets themselves, and the PSNR no method can clearly exceed against them."""
+def _target_noise(clean: list[np.ndarray]) -> dict[str, float]:
+    """Noise in the targets themselves: its estimated std, and the PSNR of a method whose only
+    error were that noise (approximate: the estimate includes some texture, see
+    `omniem.degrade.estimate_noise_std`)."""
     from omniem import degrade
 
     sigma = float(np.mean([degrade.estimate_noise_std(c) for c in clean]))
-    return {"target_noise_std": round(sigma, 4), "psnr_ceiling_db": round(-20 * np.log10(sigma), 2)}
+    return {
+        "target_noise_std": round(sigma, 4),
+        "psnr_at_target_noise_db": round(float(-20 * np.log10(sigma)), 2),
+    }
 
 
 TTA = False  # set by --tta: average over the 8 flips/rotations (`omniem.infer.predict_image`)
@@ -101,7 +128,7 @@ def denoise(net, val: list[np.ndarray], tune: list[np.ndarray]) -> dict:  # noqa
         model = [np.clip(_run(net, n), 0.0, 1.0) for n in noisy]
         t2 = time.perf_counter()
         r = {
-            **_noise_ceiling(val),
+            **_target_noise(val),
             "noise": params,
             "noisy": _scores(noisy, val),
             "nlm": _scores(nlm, val),
@@ -123,7 +150,7 @@ def sr2x(net, val: list[np.ndarray]) -> dict:  # noqa: ANN001
     small = [degrade.downsample2x(c) for c in val]
     bicubic = [degrade.bicubic_upsample(s, 2) for s in small]
     model = [np.clip(_run(net, s), 0.0, 1.0) for s in small]
-    r = {"bicubic": _scores(bicubic, val), "model": _scores(model, val), **_noise_ceiling(val)}
+    r = {"bicubic": _scores(bicubic, val), "model": _scores(model, val), **_target_noise(val)}
     r["gain_vs_bicubic_db"] = round(r["model"]["psnr"] - r["bicubic"]["psnr"], 3)
     r["meets_issue_6"] = r["gain_vs_bicubic_db"] >= 1.5
     return r
@@ -135,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="registry name or model file")
     ap.add_argument("--out")
     ap.add_argument("--tta", action="store_true", help="8-fold flip/rot90 test-time augmentation")
+    ap.add_argument("--data", choices=sorted(DATA), default="lucchi", help="evaluation set")
     ap.add_argument(
         "--bin",
         type=int,
@@ -150,17 +178,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     net = registry.load(args.model)
-    val = _slices("val", 3, bin=args.bin)
+    dataset, (split, slices), (tune_split, tune_slices), text = DATA[args.data]
+    val = _slices(dataset, split, slices, bin=args.bin)
     result = {
         "benchmark": f"restoration/{args.task}",
         "model": args.model,
         "tta": args.tta,
-        "data": f"lucchi_pp/val every 3rd slice ({len(val)}), binned {args.bin}x, centred "
+        "data": f"{text} ({len(val)} slices), binned {args.bin}x, centred "
         f"{val[0].shape[0]} x {val[0].shape[1]} px crops",
     }
     if args.task == "denoise":
-        tune = _slices("train", 33, 4, bin=args.bin)  # 4 training slices tune the NLM baseline
-        result["nlm_tuned_on"] = "lucchi_pp/train slices 0, 33, 66, 99 (same crops)"
+        tune = _slices(dataset, tune_split, tune_slices, bin=args.bin)  # tunes the NLM baseline
+        result["nlm_tuned_on"] = f"{dataset}/{tune_split} slices {tune_slices} (same crops)"
         result["levels"] = denoise(net, val, tune)
     else:
         result.update(sr2x(net, val))
