@@ -111,14 +111,13 @@ def test_restoration_is_residual_and_super_resolution_scales() -> None:
         ),
         img_size=32,
     )
-    with torch.no_grad():
-        net.out.conv.conv.weight.zero_()
-        net.out.conv.conv.bias.zero_()
     x = torch.rand(1, 1, 20, 24)
     y = net(x)
     assert y.shape == (1, 1, 40, 48)
     up = torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic").clamp(0, 1)
-    torch.testing.assert_close(y, up)  # a zero head returns the up-scaled input
+    torch.testing.assert_close(y, up)  # a new restoration head is zero: bicubic up-scaling
+    (y - up.flip(-1)).abs().mean().backward()
+    assert net.out.conv.conv.weight.grad.abs().sum() > 0  # and it trains away from there
 
 
 def test_bad_arguments_raise_value_errors() -> None:

@@ -119,6 +119,12 @@ class OmniEM(nn.Module):
         if fs != chans[-1]:  # pragma: no cover - chans[-1] == fs by construction
             raise AssertionError
         self.out = UnetOutBlock(sd, fs, config.out_channels, dropout=config.dropout or None)
+        if config.task == "restoration":
+            # Zero residual at the start: a new restoration model is the identity (denoising) or
+            # bicubic interpolation (super-resolution) and training moves it away from there,
+            # instead of first having to undo a random residual.
+            nn.init.zeros_(self.out.conv.conv.weight)
+            nn.init.zeros_(self.out.conv.conv.bias)
         self.z_adapters = nn.ModuleList()
         self.z_mixers = nn.ModuleList()
         if config.spatial_dims == 3:
