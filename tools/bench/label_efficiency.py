@@ -17,7 +17,8 @@ training. Scored like ``tools/bench/mito_baseline.py`` (foreground IoU pooled ov
 256 px tiles, overlap 0.25, bf16) on every ``--val-step``-th of the 33 held-out slices 132-164
 (``lucchi_pp/val``). Runs go one after the other, each alone on the machine.
 
-Prints one JSON object (also written to OUT/label_efficiency.json).
+Prints one JSON object (also written to OUT/label_efficiency.json) and writes the table as
+markdown to OUT/label_efficiency.md (``--from-json FILE`` renders that table again, no runs).
 """
 
 from __future__ import annotations
@@ -38,6 +39,25 @@ SLICES = {"2": "33:132:66", "8": "8:132:16", "all": "all"}
 INITS = {"emdino": "default", "random": "vit_tiny_patch8.random"}
 
 
+def markdown(result: dict) -> str:
+    """The IoU table: rows = training slices, columns = initialization."""
+    runs = {(r["train_slices"], r["init"]): r for r in result["runs"]}
+    lines = [
+        f"Budget {result['budget_s'] / 60:g} min per run; IoU on {result['val']}.",
+        "",
+        "| training slices | EM-DINO init: IoU (steps) | random init: IoU (steps) |",
+        "|---|---|---|",
+    ]
+    for n in SLICES:
+        cells = []
+        for init in INITS:
+            r = runs.get((n, init))
+            cells.append(f"{r['iou']:.3f} ({r['steps']})" if r else "-")
+        count = next((r["n_slices"] for (k, _), r in runs.items() if k == n), n)
+        lines.append(f"| {count} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -46,7 +66,11 @@ def main() -> None:
     ap.add_argument("--val-step", type=int, default=3, help="score every n-th val slice")
     ap.add_argument("--out", default="bench-out/label_efficiency")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-json", help="only render the markdown table of an earlier result")
     args = ap.parse_args()
+    if args.from_json:
+        print(markdown(json.loads(Path(args.from_json).read_text())), end="")
+        return
     sys.path.insert(0, str(Path(__file__).parent))
     from mito_baseline import score  # the same scoring as the UNet comparison
 
@@ -102,6 +126,7 @@ def main() -> None:
             result["runs"].append(rec)
             print(json.dumps(rec), flush=True)
     (out / "label_efficiency.json").write_text(json.dumps(result, indent=2))
+    (out / "label_efficiency.md").write_text(markdown(result))
     print(json.dumps(result, indent=2))
 
 
