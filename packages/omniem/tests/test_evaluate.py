@@ -132,3 +132,31 @@ def test_bundled_restoration_models_restore_a_held_out_slice(emssl_data):
     assert (
         metrics.psnr(up, clean, data_range=1.0) > metrics.psnr(bicubic, clean, data_range=1.0) - 0.3
     )
+
+
+def test_bundled_membrane_and_organelle_models_segment_held_out_slices(emssl_data):
+    """membrane-2d on an ISBI 2012 held-out slice and organelle-2d on a VNC held-out section:
+    pixel scores near the ones in their cards (short CPU runs: modest, far above chance)."""
+    import numpy as np
+
+    import em5m.datasets
+    import omniem
+    from omniem import metrics
+    from omniem.infer import predict_image
+
+    isbi = em5m.datasets.load("isbi2012", split="val")
+    mem = omniem.load("membrane-2d")
+    p = predict_image(mem, isbi.image[0]).numpy()
+    counts = metrics.SegmentationCounts(2)
+    counts.update(p.argmax(0), isbi.labels["membrane"][0].astype(np.int64))
+    assert counts.dice()[1] > 0.65  # card: 0.739 over the 5 held-out slices
+
+    vnc = em5m.datasets.load("drosophila_vnc", split="val")
+    org = omniem.load("organelle-2d")
+    assert omniem.info("organelle-2d")["card"]["classes"][1] == "mitochondrion"
+    crop = np.s_[256:768, 256:768]
+    p = predict_image(org, vnc.image[0][crop]).numpy()
+    counts = metrics.SegmentationCounts(5)
+    counts.update(p.argmax(0), np.asarray(vnc.labels["classes"][0][crop], dtype=np.int64))
+    iou = counts.iou()
+    assert iou[4] > 0.5 and iou[0] > 0.2  # intracellular and membrane, far above chance
