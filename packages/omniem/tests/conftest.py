@@ -1,4 +1,5 @@
-"""Shared fixtures: the real EM data folder (EMSSL_DATA), one torch thread for engine tests."""
+"""Shared fixtures: the real EM data folder (EMSSL_DATA), one torch thread for engine tests, a
+tiny random OmniEM."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def net():
+    """A tiny 2-class OmniEM on a random ViT-T/8 (feature size 8), seeded, in eval mode."""
+    from omniem.nets import NetConfig, build
+
+    torch.manual_seed(0)
+    cfg = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8)
+    return build(cfg, img_size=64).eval()

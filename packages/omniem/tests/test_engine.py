@@ -36,13 +36,6 @@ def em(emssl_data: Path) -> np.ndarray:
     return img
 
 
-@pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    cfg = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8)
-    return build(cfg, img_size=64).eval()
-
-
 def identity(x: torch.Tensor) -> torch.Tensor:
     """A model that returns its input as one channel."""
     return x

@@ -32,13 +32,6 @@ def em(emssl_data: Path) -> np.ndarray:
     return img
 
 
-@pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    cfg = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8)
-    return build(cfg, img_size=64).eval()
-
-
 def _planes_monai(net, vol: np.ndarray) -> torch.Tensor:  # noqa: ANN001
     """Raw outputs [C, d, h, w]: MONAI per plane along each axis, averaged over the 3 axes."""
     x = torch.from_numpy(vol.astype(np.float32) / np.float32(255.0))

@@ -17,7 +17,6 @@ from monai.inferers import sliding_window_inference
 
 from omniem.engine import plan, predict
 from omniem.infer import dihedral_transforms, predict_image
-from omniem.nets import NetConfig, build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,13 +30,6 @@ def em(emssl_data: Path) -> np.ndarray:
     img = np.ascontiguousarray(em5m.datasets.load("lucchi_pp", split="val").image[:2, :96, :150])
     assert img.std() > 10
     return img
-
-
-@pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    cfg = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8)
-    return build(cfg, img_size=64).eval()
 
 
 def _tta_net(net):  # noqa: ANN001, ANN202
