@@ -24,6 +24,9 @@ TITLE = {
     "sr2x": ("sr2x-2d", "2x super-resolution of 2D EM images (10 nm in, 5 nm out)"),
 }
 
+#: Where a self-supervised dataset comes from, and its licence.
+SOURCES = {"emdiffuse": " (EMDiffuse demo data: overlapping crops of one raw TEM image; MIT)"}
+
 
 def _training(run: Path) -> tuple[dict, int, float]:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -59,9 +62,14 @@ def main() -> None:
     stages = [_training(Path(r)) for r in a.run]
     cfg = stages[-1][0]  # the last stage's recipe (earlier stages: see `init_from`)
     steps, wall = sum(s[1] for s in stages), sum(s[2] for s in stages)
+
+    def stage(c: dict, n: int) -> str:
+        mixed = ", with blind-spot samples" if c["data"].get("self_supervised") else ""
+        return f"{n} steps (`{c['loss']['kind']}`, `{c['net']['backbone_mode']}`{mixed})"
+
     stage_text = (
         " in "
-        + " then ".join(f"{s[1]} steps" for s in stages)
+        + " then ".join(stage(c, n) for c, n, _ in stages)
         + " (each later stage starts from the previous stage's model, `init_from`)"
         if len(stages) > 1
         else ""
@@ -96,6 +104,19 @@ def main() -> None:
             "as inputs."
             if a.task == "denoise"
             else "their 2x area down-sampled versions (`omniem.degrade.downsample2x`) as inputs."
+        ),
+        *(
+            [
+                "- Self-supervised (blind spot, Noise2Void-style; in the same batches, each sample "
+                f"with probability {d['self_supervised_fraction']}): real noisy images without "
+                "clean targets, "
+                + ", ".join(
+                    f"em5m `{ds}/{sp}`{SOURCES.get(ds, '')}" for ds, sp in d["self_supervised"]
+                )
+                + "."
+            ]
+            if d.get("self_supervised")
+            else []
         ),
         "- Evaluation: the held-out slices 132-164 (`lucchi_pp/val`), never trained on; the "
         "training run used 4 of them for its validation loss (model selection).",

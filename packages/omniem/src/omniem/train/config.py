@@ -43,8 +43,11 @@ class DataConfig(_Strict):
     target: Literal["label", "noise", "blind_spot", "downsample"] = "label"
     label_key: str = "mitochondria"
     label_map: dict[int, int] | None = None
-    #: Extra datasets (name, split) mixed into training for restoration tasks.
-    extra: list[tuple[str, str]] = Field(default_factory=list)
+    #: Denoising (target ``noise``) only: real noisy datasets without clean targets, as
+    #: (name, split) pairs, trained self-supervised (blind spot) in the same batches.
+    self_supervised: list[tuple[str, str]] = Field(default_factory=list)
+    #: Expected fraction of the samples of a batch drawn from ``self_supervised``.
+    self_supervised_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     crop: int = Field(256, ge=16)
     #: Restoration only: area-bin every image by this factor when loaded (2: Lucchi++'s 5 nm
     #: slices become 10 nm ones with half the noise, so targets are cleaner than the gain asked).
@@ -68,8 +71,9 @@ class AugmentConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    #: dice_ce (semantic), dice_bce (instances), focal, l1, l1_ssim (restoration).
-    kind: Literal["dice_ce", "dice_bce", "focal", "l1", "l1_ssim"] = "dice_ce"
+    #: dice_ce (semantic), dice_bce (instances), focal; l1, l1_ssim, l2 (restoration; l2 is
+    #: what PSNR measures).
+    kind: Literal["dice_ce", "dice_bce", "focal", "l1", "l1_ssim", "l2"] = "dice_ce"
     ssim_weight: float = 0.2
     #: Optional EM-DINO feature loss weight for restoration (cosine distance of patch features).
     feature_weight: float = 0.0
@@ -133,10 +137,10 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         task = self.net.task
-        restoration_losses = {"l1", "l1_ssim"}
+        restoration_losses = {"l1", "l1_ssim", "l2"}
         if task == "restoration" and self.loss.kind not in restoration_losses:
             raise ValueError(
-                f"task restoration needs loss.kind l1 or l1_ssim, got {self.loss.kind}"
+                f"task restoration needs loss.kind l1, l1_ssim or l2, got {self.loss.kind}"
             )
         if task != "restoration" and self.loss.kind in restoration_losses:
             raise ValueError(f"loss.kind {self.loss.kind} is for restoration, task is {task}")
@@ -144,6 +148,11 @@ class RunConfig(_Strict):
             raise ValueError("task restoration needs data.target noise, blind_spot or downsample")
         if task != "restoration" and self.data.target != "label":
             raise ValueError(f"data.target {self.data.target} needs task restoration")
+        if self.data.self_supervised and self.data.target != "noise":
+            raise ValueError(
+                "data.self_supervised mixes blind-spot samples into supervised denoising; "
+                f"it needs data.target noise, got {self.data.target}"
+            )
         if self.data.crop % 8:
             raise ValueError(f"data.crop must be a multiple of 8, got {self.data.crop}")
         return self

@@ -165,13 +165,14 @@ class CropSampler(torch.utils.data.IterableDataset):
         self.output_scale = output_scale
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        info = torch.utils.data.get_worker_info()
-        wid = info.id if info else 0
-        rng = np.random.default_rng([self.seed, wid, int(torch.initial_seed()) % 2**31])
-        self.cropper.set_random_state(seed=int(rng.integers(2**31)))
-        self.aug.set_random_state(seed=int(rng.integers(2**31)))
+        rng = _worker_rng(self.seed)
+        self.seed_transforms(rng)
         while True:
             yield self.sample(rng)
+
+    def seed_transforms(self, rng: np.random.Generator) -> None:
+        self.cropper.set_random_state(seed=int(rng.integers(2**31)))
+        self.aug.set_random_state(seed=int(rng.integers(2**31)))
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         a = self.arrays
@@ -230,7 +231,73 @@ class CropSampler(torch.utils.data.IterableDataset):
         }
 
 
-def loader(sampler: CropSampler, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+def _worker_rng(seed: int) -> np.random.Generator:
+    info = torch.utils.data.get_worker_info()
+    wid = info.id if info else 0
+    return np.random.default_rng([seed, wid, int(torch.initial_seed()) % 2**31])
+
+
+class MixedSampler(torch.utils.data.IterableDataset):
+    """Supervised denoising samples mixed with blind-spot samples of real noisy images.
+
+    Each sample comes from one of ``self_supervised`` (chosen uniformly) with probability
+    ``fraction``, else from ``supervised``. Every sample carries a ``"mask"`` (all ones for the
+    supervised ones) so that batches collate and the loss weighs each sample equally.
+    """
+
+    def __init__(
+        self,
+        supervised: CropSampler,
+        self_supervised: list[CropSampler],
+        fraction: float,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not self_supervised:
+            raise ValueError("MixedSampler needs at least one self-supervised sampler")
+        self.supervised, self.self_supervised = supervised, self_supervised
+        self.fraction, self.seed = fraction, seed
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rng = _worker_rng(self.seed)
+        for s in (self.supervised, *self.self_supervised):
+            s.seed_transforms(rng)
+        while True:
+            yield self.sample(rng)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        if rng.random() < self.fraction:
+            blind = self.self_supervised[int(rng.integers(len(self.self_supervised)))]
+            return blind.sample(rng)
+        out = self.supervised.sample(rng)
+        out["mask"] = torch.ones_like(out["target"])
+        return out
+
+
+def training_sampler(
+    arrays: SplitArrays,
+    data: DataConfig,
+    aug: AugmentConfig,
+    *,
+    task: str,
+    output_scale: float = 1.0,
+    seed: int = 0,
+) -> CropSampler | MixedSampler:
+    """The training sampler of a run: ``CropSampler`` over ``arrays``, mixed with blind-spot
+    samplers over ``data.self_supervised`` when that is set."""
+    main = CropSampler(arrays, data, aug, task=task, output_scale=output_scale, seed=seed)
+    if not data.self_supervised:
+        return main
+    blind = []
+    for name, split in data.self_supervised:
+        d = data.model_copy(update={"dataset": name, "target": "blind_spot", "bin": 1})
+        blind.append(CropSampler(load_split(d, split, "all", with_labels=False), d, aug, task=task))
+    return MixedSampler(main, blind, data.self_supervised_fraction, seed=seed)
+
+
+def loader(
+    sampler: torch.utils.data.IterableDataset, batch_size: int, workers: int
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         sampler, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0
     )

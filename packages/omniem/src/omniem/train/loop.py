@@ -24,7 +24,7 @@ from omniem.infer import predict_image
 from omniem.modelfile import load_model, save_model
 from omniem.nets import OmniEM, build
 from omniem.train.config import RunConfig, save_config
-from omniem.train.data import CropSampler, SplitArrays, load_split, loader
+from omniem.train.data import SplitArrays, load_split, loader, training_sampler
 from omniem.train.losses import build_loss
 
 Progress = Callable[[dict[str, Any]], None]
@@ -94,7 +94,6 @@ def validate(net: OmniEM, arrays: SplitArrays, cfg: RunConfig) -> dict[str, floa
     t = cfg.train
     if cfg.net.task == "restoration":
         from omniem import degrade
-        from omniem.train.data import CropSampler as _S  # noqa: F401  (same degradations)
 
         rng = np.random.default_rng(1234)
         psnrs = []
@@ -198,7 +197,7 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         step, best, bad_vals, wall0 = ck["step"], ck["best"], ck["bad_vals"], ck["wall_s"]
         _set_rng_state(ck["rng"])
-    sampler = CropSampler(
+    sampler = training_sampler(
         train_arrays,
         cfg.data,
         cfg.augment,

@@ -1,4 +1,4 @@
-"""Training losses, from MONAI: DiceCE / Dice+BCE / focal for labels, L1 (+SSIM) for images."""
+"""Training losses, from MONAI: DiceCE / Dice+BCE / focal for labels, L1 (+SSIM) / L2 for images."""
 
 from __future__ import annotations
 
@@ -39,12 +39,21 @@ def build_loss(cfg: LossConfig, task: str, out_channels: int) -> LossFn:
         return dice_bce
     ssim = SSIMLoss(spatial_dims=2, data_range=1.0) if cfg.kind == "l1_ssim" else None
 
+    def pixel_error(d: torch.Tensor) -> torch.Tensor:
+        return d.square() if cfg.kind == "l2" else d.abs()
+
     def restoration(y: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
         y, t = y.float(), b["target"].float()
-        if "mask" in b:
+        if "mask" in b:  # blind spot: the masked pixels only; each sample weighs the same
             m = b["mask"].float()
-            return ((y - t).abs() * m).sum() / m.sum().clamp_min(1.0)
-        loss = F.l1_loss(y, t)
+            per_sample = (pixel_error(y - t) * m).flatten(1).sum(1)
+            loss = (per_sample / m.flatten(1).sum(1).clamp_min(1.0)).mean()
+            full = m.flatten(1).amin(1) > 0  # supervised samples in a mixed batch
+            if ssim is not None and bool(full.any()):
+                share = full.float().mean()
+                loss = loss + cfg.ssim_weight * share * ssim(y[full].clamp(0, 1), t[full])
+            return loss
+        loss = pixel_error(y - t).mean()
         if ssim is not None:
             loss = loss + cfg.ssim_weight * ssim(y.clamp(0, 1), t)
         return loss
