@@ -3,14 +3,15 @@
 Usage::
 
     python tools/bench/inference.py [--model mito-2d] [--shape 32 2048 2048] [--tile 256]
-                                    [--overlap 0.25] [--batch-size 8] [--out DIR]
+                                    [--overlap 0.25] [--batch-size 8] [--devices cpu:2] [--out DIR]
 
 Volume: a mosaic of the Lucchi++ validation slices (``EMSSL_DATA``) tiled to ``shape`` (uint8),
 else an em5m.synth phantom. Both sides use the same model, tile and overlap (Gaussian blending):
 
 - baseline: ``monai.inferers.sliding_window_inference`` over each in-memory slice, fp32;
 - engine: ``omniem.engine.predict`` to an OME-Zarr target in its best mode on this machine
-  (bf16 autocast, ``--batch-size`` tiles per forward pass).
+  (bf16 autocast, ``--batch-size`` tiles per forward pass, default blocks, ``--devices``: by
+  default one worker process per core, which `tools/bench/forward_modes.py` measures fastest).
 
 Reports seconds, voxels/s, ``ratio_vs_monai`` (MONAI time / engine time), Dice between the two
 masks, and the model FLOP utilization of the engine: FLOPs of one tile forward
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--devices", default=f"cpu:{len(os.sched_getaffinity(0))}")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from monai.inferers import sliding_window_inference
@@ -105,6 +107,7 @@ def main() -> None:
                 padding_mode="reflect",
             )
             monai_mask[z] = y[0].argmax(0).numpy()
+            print(f"monai: slice {z + 1}/{vol.shape[0]}", file=sys.stderr, flush=True)
     t_monai = time.perf_counter() - t0
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-inference-")) / "engine.ome.zarr"
@@ -118,6 +121,7 @@ def main() -> None:
         batch_size=args.batch_size,
         dtype="bf16",
         output="labels",
+        devices=args.devices,
         overwrite=True,
     )
     t_engine = time.perf_counter() - t0
@@ -131,6 +135,11 @@ def main() -> None:
 
     p = plan(net, vol, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
     n_tiles = int(p["tile_runs"])
+    res.update(
+        engine_devices=args.devices,
+        engine_block_shape=list(p["block_shape"]),
+        engine_halo_overhead=p["halo_overhead"],
+    )
     flops = tile_flops(net, args.tile) * n_tiles
     res.update(
         monai_fp32_s=round(t_monai, 1),

@@ -250,3 +250,28 @@ def test_uint16_and_float_sources_use_a_robust_window(em) -> None:
     assert out.min() >= 0.0 and out.max() <= 1.0 and out[0, 0, 40].std() > 0.05
     f = predict(identity, em[:1, :80, :80].astype(np.float32) * 0.01 - 3.0, **KW)
     np.testing.assert_allclose(f[0, 0, 1:], out[0, 0, 1:], atol=1e-5)  # same window, bar (0, 0)
+
+
+def test_default_blocks_run_each_tile_of_2048_px_slices_once(emssl_data: Path) -> None:
+    import em5m.datasets
+
+    val = np.asarray(em5m.datasets.load("lucchi_pp", split="val").image[:2])  # 2 x 768 x 1024
+    vol = np.tile(val, (1, 3, 2))[:, :2048, :2048].copy()
+    tiles: list[int] = []
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 256:  # not the engine's 32 px probe of the output channels
+            tiles.append(x.shape[0])
+        return torch.cat([x, 1 - x], dim=1)
+
+    kw = {"tile": 256, "overlap": 0.25, "batch_size": 16, "dtype": "fp32"}
+    p = plan(counting, vol, **kw)
+    assert p["block_shape"] == (2, 2048, 2048) and p["n_blocks"] == 1
+    assert p["halo_overhead"] == 1.0
+    out = predict(counting, vol, output="probabilities", **kw)
+    assert sum(tiles) == p["tile_runs"] == 2 * 11 * 11  # 11 tile starts per 2048 px axis
+    np.testing.assert_allclose(out[0], vol.astype(np.float32) / 255.0, atol=1e-6)
+    # 1024 px blocks (the default for larger slices) run the tiles on their borders twice
+    split = plan(counting, vol, block=(2, 1024), **kw)
+    assert split["tile_runs"] == 2 * 12 * 12
+    assert split["halo_overhead"] == pytest.approx(144 / 121, abs=1e-3)

@@ -262,6 +262,32 @@ def _runner(model: Any, device: torch.device, dtype: str, tta: bool = False) -> 
     return runner
 
 
+#: Slices up to this many pixels on a side are one block in y and x by default (2D models).
+WHOLE_SLICE_MAX = 2048
+
+
+def _default_block_2d(h: int, w: int) -> tuple[int, int]:
+    """Default block of a 2D model: whole slices up to `WHOLE_SLICE_MAX` px on a side, as many
+    of them as hold the pixels of `DEFAULT_BLOCK`; larger slices get `DEFAULT_BLOCK`.
+
+    A block border in y or x makes the tiles that straddle it run once for each block; a 2048 px
+    slice cut into 1024 px blocks runs 144 tiles of 256 px (overlap 0.25) instead of 121 (+19 %).
+    Whole slices avoid that at the same block size in pixels (so the same memory).
+
+    Examples:
+        >>> _default_block_2d(768, 1024), _default_block_2d(2048, 2048)
+        ((8, 1024), (2, 2048))
+        >>> _default_block_2d(1500, 900), _default_block_2d(4096, 4096)
+        ((6, 1500), (8, 1024))
+    """
+    side = max(h, w)
+    if h * w <= DEFAULT_BLOCK[1] ** 2 and side <= DEFAULT_BLOCK[1]:
+        return DEFAULT_BLOCK
+    if side > WHOLE_SLICE_MAX:
+        return DEFAULT_BLOCK
+    return max(1, DEFAULT_BLOCK[0] * DEFAULT_BLOCK[1] ** 2 // (h * w)), side
+
+
 def _default_block_3d(gz: T.AxisGrid) -> tuple[int, int]:
     """Default block of a 3D tile grid: two z steps deep, so a block's z tiles are computed about
     1.5 times in all (not once per 8 slices), and narrower in y, x when that makes it deep.
@@ -519,8 +545,8 @@ def prepare(
     if runner.spatial_dims == 3:
         # Orthoplanes: cubic tiles by default, so xz and yz planes are as large as xy ones.
         gz = T.axis_grid(z, tile_z or (tile if orthoplanes else DEFAULT_TILE_Z), overlap)
-    if block is None and gz is not None:
-        bz, bhw = _default_block_3d(gz)
+    if block is None:
+        bz, bhw = _default_block_3d(gz) if gz is not None else _default_block_2d(h, w_)
     bz = 1 if is_2d else min(bz, z)
     bh, bw = min(bhw, h), min(bhw, w_)
     blocks = []
