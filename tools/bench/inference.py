@@ -37,6 +37,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from pretrain import matmul_rate  # noqa: E402
 
+from omniem.engine.devices import cpu_cores  # noqa: E402
+
 
 def volume(shape: tuple[int, int, int]) -> np.ndarray:
     z, h, w = shape
@@ -70,7 +72,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--devices", default=f"cpu:{len(os.sched_getaffinity(0))}")
+    ap.add_argument("--devices", default=f"cpu:{cpu_cores()}")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from monai.inferers import sliding_window_inference
@@ -135,13 +137,11 @@ def main() -> None:
 
     p = plan(net, vol, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
     n_tiles = int(p["tile_runs"])
+    flops = tile_flops(net, args.tile) * n_tiles
     res.update(
         engine_devices=args.devices,
         engine_block_shape=list(p["block_shape"]),
         engine_halo_overhead=p["halo_overhead"],
-    )
-    flops = tile_flops(net, args.tile) * n_tiles
-    res.update(
         monai_fp32_s=round(t_monai, 1),
         engine_bf16_s=round(t_engine, 1),
         ratio_vs_monai=round(t_monai / t_engine, 3),

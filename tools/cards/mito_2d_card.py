@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from run_record import read_run  # tools/cards/, this script's folder
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -21,9 +23,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     run = Path(a.run)
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = max(r["step"] for r in recs)
-    wall = max(r.get("wall_s", 0) for r in recs)
+    _, steps, wall = read_run(run)
     bench = json.loads(Path(a.bench).read_text())
     ev = json.loads(Path(a.eval).read_text())
     u, o = bench.get("unet", {}), bench.get("omniem", {})

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
+from run_record import read_run  # tools/cards/, this script's folder
 
 TITLE = {
     "denoise": ("denoise-2d", "Denoising of 2D EM images (Poisson-Gaussian noise)"),
@@ -26,14 +26,6 @@ TITLE = {
 
 #: Where a self-supervised dataset comes from, and its licence.
 SOURCES = {"emdiffuse": " (EMDiffuse demo data: overlapping crops of one raw TEM image; MIT)"}
-
-
-def _training(run: Path) -> tuple[dict, int, float]:
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
-    steps = max((r.get("step", 0) for r in recs), default=0)
-    wall = max((r.get("wall_s", 0.0) for r in recs), default=0.0)
-    return cfg, steps, wall
 
 
 def _row(name: str, s: dict) -> str:
@@ -59,7 +51,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     name, title = TITLE[a.task]
-    stages = [_training(Path(r)) for r in a.run]
+    stages = [read_run(Path(r)) for r in a.run]
     cfg = stages[-1][0]  # the last stage's recipe (earlier stages: see `init_from`)
     steps, wall = sum(s[1] for s in stages), sum(s[2] for s in stages)
 

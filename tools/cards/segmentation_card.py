@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
+from run_record import read_run  # tools/cards/, this script's folder
 
 DATA = {
     "membrane": (
@@ -41,10 +41,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     run = Path(a.run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
-    steps = max(r.get("step", 0) for r in recs)
-    wall = max(r.get("wall_s", 0.0) for r in recs)
+    cfg, steps, wall = read_run(run)
     sc = json.loads(Path(a.scores).read_text())
     name = cfg["card"]["name"]
     o, d = cfg["optim"], cfg["data"]

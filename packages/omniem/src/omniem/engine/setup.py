@@ -281,9 +281,7 @@ def _default_block_2d(h: int, w: int) -> tuple[int, int]:
         ((6, 1500), (8, 1024))
     """
     side = max(h, w)
-    if h * w <= DEFAULT_BLOCK[1] ** 2 and side <= DEFAULT_BLOCK[1]:
-        return DEFAULT_BLOCK
-    if side > WHOLE_SLICE_MAX:
+    if side <= DEFAULT_BLOCK[1] or side > WHOLE_SLICE_MAX:
         return DEFAULT_BLOCK
     return max(1, DEFAULT_BLOCK[0] * DEFAULT_BLOCK[1] ** 2 // (h * w)), side
 
