@@ -12,6 +12,13 @@ from emdino.ssl.backbone import build_backbone
 from emdino.ssl.checkpoint import export_backbone, load_checkpoint, load_exported
 from emdino.ssl.config import ModelConfig, load_config
 from emdino.ssl.meta_arch import SSLMetaArch
+from emdino.ssl.monitor import (
+    CollapseWarning,
+    check_collapse,
+    head_statistics,
+    normalized_entropy,
+    warn_collapse,
+)
 from emdino.ssl.train import config_changes, main, train
 
 needs_data = pytest.mark.skipif(
@@ -125,3 +132,53 @@ def test_cli_reports_user_errors(tmp_path: torch.Tensor, capsys: pytest.CaptureF
     assert main(["no_such_config", "--out", str(tmp_path)]) == 2
     assert "no config file" in capsys.readouterr().err
     assert main(["tiny_test", "--set", "optim.batch_size=0", "--out", str(tmp_path)]) == 2
+
+
+def _random_batch(cfg, b: int = 4, seed: int = 0) -> dict:  # noqa: ANN001
+    g = torch.Generator().manual_seed(seed)
+    gs, ls, p = cfg.crops.global_size, cfg.crops.local_size, cfg.model.patch_size
+    masks = torch.rand(2 * b, (gs // p) ** 2, generator=g) < 0.3
+    masks[:, 0] = True  # at least one masked patch per view
+    return {
+        "global_crops": torch.randn(2 * b, 1, gs, gs, generator=g),
+        "local_crops": torch.randn(cfg.crops.n_local * b, 1, ls, ls, generator=g),
+        "masks": masks,
+        "n_global": 2,
+        "n_local": cfg.crops.n_local,
+    }
+
+
+def test_target_entropy_flags_a_uniform_collapse() -> None:
+    """A head that scores every image alike gives uniform targets: entropy 1 and a warning."""
+    # Without LayerScale (whose 1e-5 start gives every image the same class token, the first
+    # failure of docs/emdino/pretraining.md) a fresh head scores different images differently.
+    cfg = load_config("tiny_test", ["train.precision=fp32", "model.layerscale=null"])
+    torch.manual_seed(0)
+    meta = SSLMetaArch(cfg)
+    healthy = meta.forward_backward(_random_batch(cfg), teacher_temp=0.04)
+    assert 0.0 < float(healthy["dino_target_entropy"]) < 0.99
+    assert 0.0 < float(healthy["ibot_target_entropy"]) < 0.99
+    assert check_collapse("dino", float(healthy["dino_target_entropy"]), 500, 100) is None
+
+    # Collapsed teacher: the bottleneck ignores its input, so every image gets the same scores
+    # and Sinkhorn-Knopp (this config's centering) spreads each target evenly.
+    last = meta.teacher.dino_head.mlp[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.normal_()
+    collapsed = meta.forward_backward(_random_batch(cfg), teacher_temp=0.04)
+    stats = head_statistics(meta.teacher, _random_batch(cfg)["global_crops"])
+    assert stats["bottleneck_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert stats["score_std_over_prototypes"] > 0  # scores differ by prototype, not by image
+    student_stats = head_statistics(meta.student, _random_batch(cfg)["global_crops"])
+    assert student_stats["bottleneck_cosine"] < 0.99
+    ent = float(collapsed["dino_target_entropy"])
+    assert ent == pytest.approx(1.0, abs=1e-5)
+    msg = check_collapse("dino", ent, step=500, after_step=100)
+    assert msg is not None and "uniform" in msg
+    with pytest.warns(CollapseWarning, match="dino targets are uniform"):
+        warn_collapse(msg)
+    # One-hot targets are the other failure.
+    assert "one-hot" in str(check_collapse("ibot", 0.001, step=500, after_step=100))
+    with pytest.raises(ValueError):
+        normalized_entropy(torch.ones(3))

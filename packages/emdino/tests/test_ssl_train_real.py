@@ -96,6 +96,14 @@ def test_pretrain_on_real_corpus_loss_decreases_and_resumes(tmp_path: Path) -> N
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == list(range(1, 11))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+    # The collapse monitor is logged every step: normalised target entropies in (0, 1].
+    for key in ("dino_target_entropy", "ibot_target_entropy"):
+        values = [r[key] for r in records if "loss" in r]
+        assert all(0.0 < v <= 1.0 + 1e-6 for v in values), (key, values)
+    # tiny_test keeps DINOv2's LayerScale 1e-5: every image starts with the same class token, so
+    # the DINO targets are uniform and the run records (and warns about) the collapse once.
+    events = [r for r in records if r.get("event") == "collapse"]
+    assert events and events[0]["head"] == "dino" and "uniform" in events[0]["message"]
     for name in ("config.yaml", "curves.png", "last.pt", "step_0000010.pt"):
         assert (out / name).is_file(), name
     assert not (out / "step_0000005.pt").exists()  # keep_checkpoints: 1

@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 #: Panels of the curves figure, in order (missing keys are skipped).
-DEFAULT_KEYS = ("loss", "dino", "ibot", "koleo", "lr", "teacher_temp", "images_per_s")
+DEFAULT_KEYS = (
+    "loss",
+    "dino",
+    "ibot",
+    "koleo",
+    "dino_target_entropy",
+    "ibot_target_entropy",
+    "lr",
+    "teacher_temp",
+    "images_per_s",
+)
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

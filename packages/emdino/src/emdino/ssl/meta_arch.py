@@ -30,6 +30,7 @@ from emdino.ssl.backbone import MaskedViT, build_backbone
 from emdino.ssl.config import PretrainConfig
 from emdino.ssl.heads import DINOHead
 from emdino.ssl.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, MeanCenter, sinkhorn_knopp
+from emdino.ssl.monitor import normalized_entropy
 
 
 class StudentNet(nn.Module):
@@ -185,7 +186,9 @@ class SSLMetaArch(nn.Module):
             teacher_temp: the step's teacher temperature.
 
         Returns:
-            Detached float32 scalars: ``loss``, ``dino``, ``koleo``, ``ibot``.
+            Detached float32 scalars: ``loss``, ``dino``, ``koleo``, ``ibot``, and the normalised
+            entropies of the teacher targets ``dino_target_entropy``, ``ibot_target_entropy``
+            (NaN without iBOT targets on this rank).
         """
         cfg = self.cfg
         dev = self.device
@@ -204,9 +207,17 @@ class SSLMetaArch(nn.Module):
         with torch.no_grad(), torch.profiler.record_function("teacher"):
             with self.autocast():
                 t_cls, t_patch = self.teacher.teacher_forward(global_crops, mask_indices)
-            t_cls_probs = self._center(t_cls, teacher_temp, self.cls_center).chunk(n_global)
+            t_cls_all = self._center(t_cls, teacher_temp, self.cls_center)
+            t_cls_probs = t_cls_all.chunk(n_global)
             t_patch_probs = (
                 self._center(t_patch, teacher_temp, self.patch_center) if do_ibot else None
+            )
+            # Collapse monitor (emdino.ssl.monitor): 1 = uniform targets, 0 = one-hot.
+            dino_entropy = normalized_entropy(t_cls_all)
+            ibot_entropy = (
+                normalized_entropy(t_patch_probs)
+                if t_patch_probs is not None and t_patch_probs.shape[0]
+                else torch.tensor(float("nan"))
             )
 
         with torch.profiler.record_function("student_forward"):
@@ -233,6 +244,8 @@ class SSLMetaArch(nn.Module):
             "dino": dino.detach().float(),
             "koleo": (koleo / n_global).detach().float(),
             "ibot": ibot.detach().float(),
+            "dino_target_entropy": dino_entropy.float(),
+            "ibot_target_entropy": ibot_entropy.float(),
         }
 
     # ------------------------------------------------------------------------------------------

@@ -34,11 +34,16 @@ from emdino.ssl.config import PretrainConfig, load_config, save_config
 from emdino.ssl.curves import append_jsonl, plot_curves, read_jsonl
 from emdino.ssl.data import build_dataset, build_loader
 from emdino.ssl.meta_arch import SSLMetaArch
+from emdino.ssl.monitor import check_collapse, warn_collapse
 from emdino.ssl.optim import apply_schedules, build_optimizer, param_groups
 from emdino.ssl.schedules import build_schedules
 
 #: Config sections/keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("train.", "data.workers", "data.prefetch_factor", "name")
+#: Per-step losses, averaged over ranks and over a logging window.
+LOSS_KEYS = ("loss", "dino", "koleo", "ibot")
+#: Collapse monitor (emdino.ssl.monitor): averaged ignoring NaN (a rank without iBOT targets).
+MONITOR_KEYS = ("dino_target_entropy", "ibot_target_entropy")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -223,6 +228,8 @@ def train(
     stop.install()
     history: list[dict[str, Any]] = []
     window: list[dict[str, Any]] = []
+    warned: set[str] = set()
+    collapse_after = cfg.optim.warmup_steps + cfg.optim.freeze_last_layer_steps
     step = start
     t_run = time.perf_counter()
     t_prev = time.perf_counter()
@@ -241,12 +248,13 @@ def train(
                 meta.update_teacher(values["momentum"])
             step += 1
             # Rank-averaged losses: equal to a single process holding the global batch.
-            vec = torch.stack([losses[k] for k in ("loss", "dino", "koleo", "ibot")]).cpu()
+            vec = torch.stack([losses[k] for k in LOSS_KEYS]).cpu()
             vec = distributed.all_reduce_(vec) / info.world_size
             now = time.perf_counter()
             rec = {
                 "step": step,
-                **dict(zip(("loss", "dino", "koleo", "ibot"), vec.tolist(), strict=True)),
+                **dict(zip(LOSS_KEYS, vec.tolist(), strict=True)),
+                **_rank_nanmean({k: losses[k] for k in MONITOR_KEYS}),
                 **values,
                 **norms,
                 "step_s": now - t_prev,
@@ -263,8 +271,20 @@ def train(
             wall = wall_before + (now - t_run)
             seen = seen_before + (step - start) * cfg.optim.batch_size
             if distributed.is_main() and (step % cfg.train.log_every == 0 or step == end):
-                append_jsonl(out / "metrics.jsonl", _window_record(window, wall, seen))
+                logged = _window_record(window, wall, seen)
+                append_jsonl(out / "metrics.jsonl", logged)
                 window = []
+                for head in ("dino", "ibot"):
+                    msg = check_collapse(
+                        head, logged[f"{head}_target_entropy"], step, collapse_after
+                    )
+                    if msg and head not in warned:
+                        warned.add(head)
+                        warn_collapse(msg)
+                        append_jsonl(
+                            out / "metrics.jsonl",
+                            {"event": "collapse", "step": step, "head": head, "message": msg},
+                        )
             stop_now = _agree(stop.stop)
             if step % cfg.train.checkpoint_every == 0 or step == end or stop_now:
                 _checkpoint(meta, optimizer, step, cfg, out, wall, seen)
@@ -288,13 +308,24 @@ def _agree(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def _rank_nanmean(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean of each scalar over the ranks where it is finite (NaN where it is nowhere)."""
+    v = torch.stack([values[k].float().cpu() for k in values])
+    ok = torch.isfinite(v)
+    sums = distributed.all_reduce_(torch.stack([torch.where(ok, v, 0.0), ok.float()]))
+    mean = sums[0] / sums[1]  # 0/0 = NaN where no rank had a value
+    return dict(zip(values, mean.tolist(), strict=True))
+
+
 def _window_record(window: list[dict[str, Any]], wall: float, seen: int) -> dict[str, Any]:
     last = window[-1]
-    rec: dict[str, Any] = {
-        k: v for k, v in last.items() if not k.startswith(("loss", "dino", "koleo", "ibot"))
-    }
-    for k in ("loss", "dino", "koleo", "ibot"):
+    averaged = (*LOSS_KEYS, *MONITOR_KEYS)
+    rec: dict[str, Any] = {k: v for k, v in last.items() if k not in averaged}
+    for k in LOSS_KEYS:
         rec[k] = float(np.mean([r[k] for r in window]))
+    for k in MONITOR_KEYS:
+        finite = [r[k] for r in window if np.isfinite(r[k])]
+        rec[k] = float(np.mean(finite)) if finite else None  # JSON null, not NaN
     total_s = sum(r["step_s"] for r in window)
     rec["images_per_s"] = len(window) * (last["images_per_s"] * last["step_s"]) / max(total_s, 1e-9)
     rec["data_s"] = float(np.mean([r["data_s"] for r in window]))
