@@ -20,6 +20,7 @@ import math
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 #: Normalised target entropy at or above which the targets count as uniform.
 UNIFORM_ABOVE = 0.99
@@ -104,8 +105,6 @@ def head_statistics(net: torch.nn.Module, global_crops: torch.Tensor) -> dict[st
         ``1 / sqrt(bottleneck_dim)`` for unrelated directions, near 0 when the bottleneck has
         moved away from every prototype) and ``score_std_over_prototypes``.
     """
-    import torch.nn.functional as F
-
     if global_crops.shape[0] < 2:
         raise ValueError("head_statistics needs at least 2 crops")
 
