@@ -28,8 +28,10 @@ def em(emssl_data) -> np.ndarray:
     return img
 
 
-@pytest.fixture(scope="module")
-def sr_net():
+@pytest.fixture(scope="module", params=["input", "pixel_shuffle"])
+def sr_net(request):
+    """Both up-scaling layouts: the network at the output size, or at the input size with a
+    sub-pixel head (its head is randomized so the test sees more than bicubic)."""
     torch.manual_seed(0)
     cfg = NetConfig(
         backbone="vit_tiny_patch8.random",
@@ -37,8 +39,13 @@ def sr_net():
         out_channels=1,
         feature_size=8,
         output_scale=2.0,
+        upsample=request.param,
+        stem_blocks=1 if request.param == "pixel_shuffle" else 0,
     )
-    return build(cfg, img_size=64).eval()
+    net = build(cfg, img_size=64).eval()
+    if request.param == "pixel_shuffle":
+        torch.nn.init.normal_(net.out.conv_block.weight, std=0.01)
+    return net
 
 
 def upsample2(t: torch.Tensor) -> torch.Tensor:

@@ -120,11 +120,50 @@ def test_restoration_is_residual_and_super_resolution_scales() -> None:
     assert net.out.conv.conv.weight.grad.abs().sum() > 0  # and it trains away from there
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_pixel_shuffle_super_resolution_runs_at_input_size_and_starts_at_bicubic(
+    spatial_dims: int,
+) -> None:
+    net = build(
+        NetConfig(
+            backbone="vit_tiny_patch8.random",
+            spatial_dims=spatial_dims,
+            task="restoration",
+            out_channels=1,
+            output_scale=2.0,
+            upsample="pixel_shuffle",
+            stem_blocks=2,
+            feature_size=8,
+        ),
+        img_size=32,
+    )
+    seen: list[tuple[int, ...]] = []
+    net.backbone.vit.patch_embed.register_forward_hook(
+        lambda _m, args, _o: seen.append(tuple(args[0].shape[-2:]))
+    )
+    x = torch.rand(2, 1, 20, 26) if spatial_dims == 2 else torch.rand(1, 1, 3, 20, 26)
+    y = net(x)
+    # The ViT sees the input padded to the patch grid (24 x 32), not the 40 x 52 output.
+    assert seen == [(24, 32)]
+    slices = x if spatial_dims == 2 else x[0].transpose(0, 1)  # [Z, 1, H, W]
+    up = torch.nn.functional.interpolate(slices, scale_factor=2, mode="bicubic").clamp(0, 1)
+    if spatial_dims == 3:
+        assert y.shape == (1, 1, 3, 40, 52)
+        up = up.transpose(0, 1)[None]
+    assert y.shape[-2:] == (40, 52)
+    torch.testing.assert_close(y, up)  # zero sub-pixel head: exactly bicubic up-scaling
+    (y - up.flip(-1)).abs().mean().backward()
+    assert net.out.conv_block.weight.grad.abs().sum() > 0  # and it trains away from there
+    assert "stem.blocks.0.conv.unit0.conv.weight" in net.state_dict()  # the conv trunk
+
+
 def test_bad_arguments_raise_value_errors() -> None:
     with pytest.raises(ValueError, match="out_channels must be 1"):
         NetConfig(task="restoration", out_channels=2)
     with pytest.raises(ValueError, match="output_scale"):
         NetConfig(task="semantic", output_scale=2)
+    with pytest.raises(ValueError, match="integer output_scale >= 2, got 1.5"):
+        NetConfig(task="restoration", out_channels=1, output_scale=1.5, upsample="pixel_shuffle")
     bb = emdino.load("vit_tiny_patch8.random", img_size=32)
     with pytest.raises(ValueError, match="levels"):
         OmniEM(bb, NetConfig(levels=[7, 3, 11]))

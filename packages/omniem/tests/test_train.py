@@ -115,3 +115,24 @@ def test_data_bin_loads_restoration_slices_at_twice_the_pixel_size(emssl_data) -
         load_split(DataConfig(bin=2), "val", "0:3", with_labels=True)
     with pytest.raises(ValueError, match="smaller than the bin factor"):
         bin_images(np.zeros((1, 3, 3), np.uint8), 4)
+
+
+def test_bin_shifts_bin_training_slices_at_several_grid_offsets(emssl_data) -> None:
+    from omniem.train.config import DataConfig
+    from omniem.train.data import bin_images, load_split
+
+    plain = load_split(DataConfig(target="downsample"), "val", "0:2", with_labels=False)
+    data = DataConfig(target="downsample", bin=4, bin_shifts=2)
+    shifted = load_split(data, "val", "0:2", with_labels=False, bin_shifts=data.bin_shifts)
+    # offsets 0 and 2 on each axis: 4 copies of each slice, binned from a 766 x 1022 window
+    assert shifted.images.shape == (8, 191, 255)
+    assert shifted.names[:2] == [f"{n}@0,0" for n in plain.names]
+    assert shifted.names[-1] == f"{plain.names[1]}@2,2"
+    np.testing.assert_array_equal(shifted.images[6:], bin_images(plain.images[:, 2:768, 2:1024], 4))
+    assert not np.array_equal(shifted.images[0], shifted.images[6])  # distinct pairs
+    # validation (bin_shifts not passed) keeps one copy per slice
+    assert load_split(data, "val", "0:2", with_labels=False).images.shape == (2, 192, 256)
+    with pytest.raises(ValueError, match="bin_shifts must be between 1 and the bin factor 4"):
+        load_split(
+            DataConfig(target="downsample", bin=4), "val", "0:1", with_labels=False, bin_shifts=5
+        )

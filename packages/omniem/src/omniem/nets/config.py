@@ -11,6 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 #: restoration: one image channel, predicted as a residual on the (up-scaled) input.
 Task = Literal["semantic", "instances", "restoration"]
 
+#: How super-resolution (``output_scale > 1``) up-scales. input: bicubic up-scaling of the input,
+#: then the whole network at the output size; pixel_shuffle: the network at the input size and a
+#: sub-pixel convolution head (MONAI ``SubpixelUpsample``) that predicts the residual on the
+#: bicubic up-scaled input (ESPCN/EDSR's layout; a quarter of the ViT tokens for 2x).
+Upsample = Literal["input", "pixel_shuffle"]
+
 #: Which backbone parameters train: none; low-rank updates of attention; the last k blocks; all.
 BackboneMode = Literal["frozen", "lora", "last_k", "full"]
 
@@ -34,7 +40,12 @@ class NetConfig(BaseModel):
         backbone_mode: see `BackboneMode`.
         lora_rank: rank of the LoRA updates (``backbone_mode="lora"``).
         last_k: number of trained blocks (``backbone_mode="last_k"``).
-        output_scale: input up-scaling (bicubic) before the network, for super-resolution.
+        output_scale: output size / input size, for super-resolution (see ``upsample``).
+        upsample: how ``output_scale`` is reached, see `Upsample`; ``pixel_shuffle`` needs an
+            integer scale.
+        stem_blocks: 0: the stem is one MONAI ``UnetrBasicBlock``; n > 0: a `ConvTrunk` of n
+            residual units without normalization (capacity at full input resolution, for
+            super-resolution).
         grad_checkpointing: recompute backbone activations in the backward pass (less memory).
 
     Examples:
@@ -63,6 +74,8 @@ class NetConfig(BaseModel):
     lora_rank: int = Field(8, ge=1)
     last_k: int = Field(4, ge=1)
     output_scale: float = Field(1.0, ge=1.0)
+    upsample: Upsample = "input"
+    stem_blocks: int = Field(0, ge=0)
     grad_checkpointing: bool = False
 
     @model_validator(mode="after")
@@ -78,4 +91,11 @@ class NetConfig(BaseModel):
             raise ValueError(f"z_kernel must be odd, got {self.z_kernel}")
         if self.output_scale != 1.0 and self.task != "restoration":
             raise ValueError("output_scale (super-resolution) needs task='restoration'")
+        if self.upsample == "pixel_shuffle" and (
+            self.output_scale < 2 or self.output_scale != int(self.output_scale)
+        ):
+            raise ValueError(
+                f"upsample='pixel_shuffle' needs an integer output_scale >= 2, got "
+                f"{self.output_scale:g}"
+            )
         return self

@@ -8,7 +8,10 @@ Shapes, for a backbone with patch size ``p`` and token grid ``G = H / p`` (after
 - decoder stages ``s = 1 .. S`` (``UnetrUpBlock``: transposed convolution x2, concatenation with
   the skip, residual convolutions) at ``G * 2^s``; the last one reaches the image size, fused with
   the stem (when ``p`` is not a power of two the map is resized to ``H / 2`` first).
-- head: ``UnetOutBlock`` (1x1 convolution).
+- head: ``UnetOutBlock`` (1x1 convolution); or, for super-resolution with
+  ``upsample="pixel_shuffle"``, MONAI ``SubpixelUpsample`` on the last stage plus the stem, the
+  network running at the input size.
+- ``stem_blocks > 0`` replaces the stem by a `ConvTrunk` (residual convolutions, no norm).
 
 3D (``spatial_dims=3``): slices go through the 2D network as a batch; `TokenZAdapter` after every
 ViT block and `MapZMixer` after every decoder stage mix neighbouring slices. Both start at zero,
@@ -24,11 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.networks.blocks import (
+    SubpixelUpsample,
+    UnetOutBlock,
+    UnetrBasicBlock,
+    UnetrPrUpBlock,
+    UnetrUpBlock,
+)
 from torch import nn
 
 from omniem.nets.adapters import LoRA, MapZMixer, TokenZAdapter, attach_output_hook
 from omniem.nets.config import NetConfig
+from omniem.nets.trunk import ConvTrunk
 
 
 def default_levels(depth: int, patch_size: int) -> list[int]:
@@ -85,9 +95,14 @@ class OmniEM(nn.Module):
         fs, norm, sd = config.feature_size, config.norm, 2
         # Channels per decoder stage, coarse to fine; the last stage is at full resolution.
         chans = [fs * 2 ** (n_stages - s) for s in range(1, n_stages + 1)]
-        self.stem = UnetrBasicBlock(
-            sd, 1, fs, kernel_size=3, stride=1, norm_name=norm, res_block=True
-        )
+        if config.stem_blocks:
+            self.stem: nn.Module = ConvTrunk(
+                spatial_dims=sd, in_channels=1, channels=fs, num_blocks=config.stem_blocks
+            )
+        else:
+            self.stem = UnetrBasicBlock(
+                sd, 1, fs, kernel_size=3, stride=1, norm_name=norm, res_block=True
+            )
         self.skips = nn.ModuleList(
             UnetrPrUpBlock(
                 sd,
@@ -118,13 +133,22 @@ class OmniEM(nn.Module):
         )
         if fs != chans[-1]:  # pragma: no cover - chans[-1] == fs by construction
             raise AssertionError
-        self.out = UnetOutBlock(sd, fs, config.out_channels, dropout=config.dropout or None)
+        self.sr_scale = int(config.output_scale) if config.upsample == "pixel_shuffle" else 1
+        if self.sr_scale > 1:
+            # No pad-pool: its blur shifts the residual by half an output pixel.
+            self.out: nn.Module = SubpixelUpsample(
+                sd, fs, config.out_channels, scale_factor=self.sr_scale, apply_pad_pool=False
+            )
+            last = self.out.conv_block
+        else:
+            self.out = UnetOutBlock(sd, fs, config.out_channels, dropout=config.dropout or None)
+            last = self.out.conv.conv
         if config.task == "restoration":
             # Zero residual at the start: a new restoration model is the identity (denoising) or
             # bicubic interpolation (super-resolution) and training moves it away from there,
             # instead of first having to undo a random residual.
-            nn.init.zeros_(self.out.conv.conv.weight)
-            nn.init.zeros_(self.out.conv.conv.bias)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.z_adapters = nn.ModuleList()
         self.z_mixers = nn.ModuleList()
         if config.spatial_dims == 3:
@@ -193,7 +217,7 @@ class OmniEM(nn.Module):
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         scale = self.config.output_scale
-        if scale != 1.0:
+        if scale != 1.0 and self.sr_scale == 1:
             x = F.interpolate(x.float(), scale_factor=scale, mode="bicubic", align_corners=False)
             x = x.clamp(0.0, 1.0)
         y = self._forward_slices(x, z)
@@ -226,8 +250,13 @@ class OmniEM(nn.Module):
             d = self.ups[s](d, skip)
             if self.z_mixers:
                 d = self.z_mixers[s](d, z)
-        y = self.out(d)
         h, w = grid.image_hw
+        if self.sr_scale > 1:
+            s = self.sr_scale
+            y = self.out(d + stem)[..., : s * h, : s * w]
+            base = F.interpolate(x.float(), scale_factor=s, mode="bicubic", align_corners=False)
+            return base.clamp(0.0, 1.0) + y
+        y = self.out(d)
         y = y[..., :h, :w]
         if self.config.task == "restoration":
             y = x + y

@@ -52,6 +52,10 @@ class DataConfig(_Strict):
     #: Restoration only: area-bin every image by this factor when loaded (2: Lucchi++'s 5 nm
     #: slices become 10 nm ones with half the noise, so targets are cleaner than the gain asked).
     bin: int = Field(1, ge=1, le=8)
+    #: Training split only, with ``bin > 1``: bin every image at this many grid offsets per axis
+    #: (offsets ``k * bin // bin_shifts``), ``bin_shifts ** 2`` binned copies: distinct
+    #: (input, target) pairs from the same slices, against over-fitting small sets.
+    bin_shifts: int = Field(1, ge=1, le=8)
     #: Fraction of crops centred on foreground (segmentation); the rest are uniform.
     pos_fraction: float = Field(0.5, ge=0.0, le=1.0)
     noise_levels: list[str] = Field(default_factory=lambda: ["low", "high"])

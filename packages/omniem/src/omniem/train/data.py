@@ -33,8 +33,14 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def load_split(cfg: DataConfig, split: str, slices: str, *, with_labels: bool) -> SplitArrays:
-    """Read a split of ``cfg.dataset`` (em5m reference datasets) and select its slices."""
+def load_split(
+    cfg: DataConfig, split: str, slices: str, *, with_labels: bool, bin_shifts: int = 1
+) -> SplitArrays:
+    """Read a split of ``cfg.dataset`` (em5m reference datasets) and select its slices.
+
+    ``bin_shifts > 1`` (with ``cfg.bin > 1``) bins every slice at several grid offsets
+    (`bin_images_shifted`); the training loop asks for it on the training split only.
+    """
     import em5m.datasets
 
     ds = em5m.datasets.load(cfg.dataset, split=split)
@@ -46,7 +52,7 @@ def load_split(cfg: DataConfig, split: str, slices: str, *, with_labels: bool) -
     if cfg.bin > 1:
         if with_labels:
             raise ValueError(f"data.bin={cfg.bin}: binning is for restoration data, not labels")
-        images = bin_images(images, cfg.bin)
+        images = bin_images_shifted(images, cfg.bin, bin_shifts)
         if voxel_size is not None:  # in-plane axes (the last two) grow by the bin factor
             voxel_size = (*voxel_size[:-2], *(v * cfg.bin for v in voxel_size[-2:]))
     labels = None
@@ -66,6 +72,9 @@ def load_split(cfg: DataConfig, split: str, slices: str, *, with_labels: bool) -
         else:
             labels = raw.astype(np.int64)
     names = [str(ds.slice_names[i]) for i in idx] if ds.slice_names else [str(i) for i in idx]
+    if len(images) != len(names):  # binned at several offsets: one copy per offset, in order
+        offs = _offsets(cfg.bin, bin_shifts)
+        names = [f"{n}@{dy},{dx}" for dy in offs for dx in offs for n in names]
     return SplitArrays(images, labels, names, voxel_size)
 
 
@@ -83,6 +92,38 @@ def bin_images(images: np.ndarray, factor: int) -> np.ndarray:
         raise ValueError(f"images {h} x {w} are smaller than the bin factor {factor}")
     a = images[:, : hb * factor, : wb * factor].reshape(n, hb, factor, wb, factor)
     return np.rint(a.mean(axis=(2, 4), dtype=np.float64)).astype(np.uint8)
+
+
+def _offsets(factor: int, shifts: int) -> list[int]:
+    return [k * factor // shifts for k in range(shifts)]
+
+
+def bin_images_shifted(images: np.ndarray, factor: int, shifts: int = 1) -> np.ndarray:
+    """`bin_images` at ``shifts`` grid offsets per axis (``k * factor // shifts``), stacked.
+
+    Every copy is binned from the same ``H - max offset`` by ``W - max offset`` window, so all
+    have one shape; copies are ordered by (y offset, x offset), images within each.
+
+    Examples:
+        >>> a = np.arange(36, dtype=np.uint8).reshape(1, 6, 6)
+        >>> bin_images_shifted(a, 2, 2).shape  # offsets 0 and 1 on each axis: 4 copies of 1
+        (4, 2, 2)
+        >>> bin_images_shifted(a, 2, 2)[3].tolist()  # offset (1, 1)
+        [[10, 12], [22, 24]]
+        >>> bin_images_shifted(a, 2, 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: bin_shifts must be between 1 and the bin factor 2, got 3
+    """
+    if not 1 <= shifts <= factor:
+        raise ValueError(f"bin_shifts must be between 1 and the bin factor {factor}, got {shifts}")
+    if shifts == 1:
+        return bin_images(images, factor)
+    offs = _offsets(factor, shifts)
+    h, w = images.shape[1] - offs[-1], images.shape[2] - offs[-1]
+    return np.concatenate(
+        [bin_images(images[:, dy : dy + h, dx : dx + w], factor) for dy in offs for dx in offs]
+    )
 
 
 def augmentations(aug: AugmentConfig, keys: list[str], label_keys: list[str]) -> mt.Compose:

@@ -183,7 +183,11 @@ def train(
     loss_fn = build_loss(cfg.loss, cfg.net.task, cfg.net.out_channels)
     with_labels = cfg.net.task != "restoration"
     train_arrays = load_split(
-        cfg.data, cfg.data.train_split, cfg.data.train_slices, with_labels=with_labels
+        cfg.data,
+        cfg.data.train_split,
+        cfg.data.train_slices,
+        with_labels=with_labels,
+        bin_shifts=cfg.data.bin_shifts,
     )
     val_arrays = (
         load_split(cfg.data, cfg.data.val_split, cfg.data.val_slices, with_labels=with_labels)
