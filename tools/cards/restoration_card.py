@@ -9,6 +9,9 @@ Usage::
 
 ``BENCH.json`` is the output of ``tools/bench/restoration.py`` for the exported model;
 ``--bench-tta`` optionally adds the same benchmark run with ``--tta``.
+
+The card describes one run. The shipped sr2x-2d was trained in two stages (the second from the
+first's best weights), so its card was edited by hand to list both.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from run_record import read_run  # tools/cards/, this script's folder
 
 TITLE = {
     "denoise": ("denoise-2d", "Denoising of 2D EM images (Poisson-Gaussian noise)"),
-    "sr2x": ("sr2x-2d", "2x super-resolution of 2D EM images (10 nm in, 5 nm out)"),
+    "sr2x": ("sr2x-2d", "2x super-resolution of 2D EM images (40 nm in, 20 nm out)"),
 }
 
 #: Where a self-supervised dataset comes from, and its licence.

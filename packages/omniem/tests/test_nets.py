@@ -174,3 +174,15 @@ def test_bad_arguments_raise_value_errors() -> None:
         net(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         net(torch.rand(1, 1, 32, 32) * 5)
+
+
+@pytest.mark.parametrize(
+    "module", ["omniem.nets.config", "omniem.nets.omniem", "omniem.nets.trunk", "omniem.train.data"]
+)
+def test_docstring_examples(module: str) -> None:
+    import doctest
+    import importlib
+
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(importlib.import_module(module), optionflags=flags)
+    assert result.attempted > 0 and result.failed == 0, result
