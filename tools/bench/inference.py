@@ -74,6 +74,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--devices", default=f"cpu:{cpu_cores()}")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="engine side: torch.compile with inductor freezing (compile time counts)",
+    )
     args = ap.parse_args()
     from monai.inferers import sliding_window_inference
 
@@ -125,6 +130,7 @@ def main() -> None:
         output="labels",
         devices=args.devices,
         overwrite=True,
+        compile=args.compile,
     )
     t_engine = time.perf_counter() - t0
     import em5m
@@ -140,6 +146,7 @@ def main() -> None:
     flops = tile_flops(net, args.tile) * n_tiles
     res.update(
         engine_devices=args.devices,
+        engine_compile=args.compile,
         engine_block_shape=list(p["block_shape"]),
         engine_halo_overhead=p["halo_overhead"],
         monai_fp32_s=round(t_monai, 1),

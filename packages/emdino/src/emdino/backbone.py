@@ -236,7 +236,11 @@ class Backbone(nn.Module):
             x = x.float() / 255.0
         elif x.is_floating_point():
             x = x.float()
-            lo, hi = float(x.amin()), float(x.amax())
+            # Skipped while torch.compile traces: the check reads values back to Python, which
+            # breaks the graph and recompiles for every new (lo, hi) pair.
+            lo, hi = (
+                (0.0, 1.0) if torch.compiler.is_compiling() else (float(x.amin()), float(x.amax()))
+            )
             if lo < -1e-3 or hi > 1 + 1e-3 or not np.isfinite(lo + hi):
                 raise ValueError(
                     f"float images must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "

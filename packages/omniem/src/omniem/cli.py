@@ -110,6 +110,12 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         help="test-time augmentation: average over the 8 flips/rotations of each tile (8x time)",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model with inductor freezing (compiles for tens of seconds in "
+        "every worker, then runs faster; for long runs)",
+    )
+    p.add_argument(
         "--orthoplanes",
         action="store_true",
         help="run a 2D model on xy, xz and yz planes and average them (isotropic volumes; ~3x "
@@ -176,6 +182,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         "tile_z": args.tile_z,
         "tta": args.tta,
         "orthoplanes": args.orthoplanes,
+        "compile": args.compile,
     }
 
 
