@@ -45,8 +45,34 @@ def test_real_size_default_backbone_shapes() -> None:
     assert net(torch.rand(1, 1, 64, 96)).shape == (1, 2, 64, 96)
 
 
-def test_3d_at_zero_init_equals_2d_slice_by_slice() -> None:
-    cfg2 = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8)
+@pytest.mark.parametrize("arch", ["vit_tiny_patch8", "vit_small_patch14_reg4"])
+def test_hybrid_layout_conv_encoder_and_binned_backbone(arch: str) -> None:
+    bb = tiny_backbone(arch)
+    p = bb.patch_size
+    cfg = NetConfig(
+        backbone=f"{arch}.random", out_channels=2, feature_size=8, conv_encoder=True, backbone_bin=2
+    )
+    net = OmniEM(bb, cfg)
+    seen = []
+    bb.vit.patch_embed.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[-2:]))
+    h, w = 3 * p + 5, 2 * p + 3  # padded to whole bins of patches inside, cropped back
+    y = net(torch.rand(2, 1, h, w))
+    assert y.shape == (2, 2, h, w) and torch.isfinite(y).all()
+    # The ViT saw the padded image binned 2x: (4p, 4p) -> (2p, 2p) for these sizes.
+    assert tuple(seen[-1]) == (2 * p, 2 * p)
+    assert len(net.encoder) == len(net.ups)
+    y.mean().backward()
+    assert all(lvl.conv.unit0.conv.weight.grad.abs().sum() > 0 for lvl in net.encoder)
+    assert bb.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    # The bottleneck sees both the last ViT level and the deepest conv level.
+    assert net.ups[0].transp_conv.conv.in_channels == bb.embed_dim + 8 * 2 ** len(net.ups)
+
+
+@pytest.mark.parametrize(
+    "layout", [{}, {"conv_encoder": True, "backbone_bin": 2}], ids=["vit", "hybrid"]
+)
+def test_3d_at_zero_init_equals_2d_slice_by_slice(layout: dict) -> None:
+    cfg2 = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8, **layout)
     net2 = build(cfg2, img_size=32).eval()
     net3 = build(cfg2.model_copy(update={"spatial_dims": 3}), img_size=32).eval()
     shared = {k: v for k, v in net2.state_dict().items()}

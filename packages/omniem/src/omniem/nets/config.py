@@ -46,6 +46,13 @@ class NetConfig(BaseModel):
         stem_blocks: 0: the stem is one MONAI ``UnetrBasicBlock``; n > 0: a `ConvTrunk` of n
             residual units without normalization (capacity at full input resolution, for
             super-resolution).
+        conv_encoder: add a convolutional encoder (MONAI residual units, stride 2 per level, as
+            in a UNet) from the stem down to the token grid; each decoder stage fuses its level
+            with the ViT's, and the bottleneck sees both. Full-resolution detail then does not
+            have to come from ViT tokens alone.
+        backbone_bin: the backbone sees the image area-binned by this factor (its features are
+            resized back to the token grid): ``bin**2`` fewer tokens, for structures much larger
+            than a patch.
         grad_checkpointing: recompute backbone activations in the backward pass (less memory).
 
     Examples:
@@ -76,6 +83,8 @@ class NetConfig(BaseModel):
     output_scale: float = Field(1.0, ge=1.0)
     upsample: Upsample = "input"
     stem_blocks: int = Field(0, ge=0)
+    conv_encoder: bool = False
+    backbone_bin: int = Field(1, ge=1)
     grad_checkpointing: bool = False
 
     @model_validator(mode="after")

@@ -12,6 +12,11 @@ Shapes, for a backbone with patch size ``p`` and token grid ``G = H / p`` (after
   ``upsample="pixel_shuffle"``, MONAI ``SubpixelUpsample`` on the last stage plus the stem, the
   network running at the input size.
 - ``stem_blocks > 0`` replaces the stem by a `ConvTrunk` (residual convolutions, no norm).
+- ``conv_encoder``: MONAI ``ResidualUnit`` s (stride 2) take the stem down to the token grid,
+  ``fs * 2^k`` channels at ``H / 2^k``; decoder skips are the sum of the conv level and the ViT
+  projection, and the bottleneck concatenates the deepest conv level with the last ViT level.
+- ``backbone_bin = b``: the ViT runs on the image area-binned by ``b`` (``b**2`` fewer tokens); its
+  maps are resized (bilinear) back to ``H / p``.
 
 3D (``spatial_dims=3``): slices go through the 2D network as a batch; `TokenZAdapter` after every
 ViT block and `MapZMixer` after every decoder stage mix neighbouring slices. Both start at zero,
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import (
+    ResidualUnit,
     SubpixelUpsample,
     UnetOutBlock,
     UnetrBasicBlock,
@@ -103,6 +109,12 @@ class OmniEM(nn.Module):
             self.stem = UnetrBasicBlock(
                 sd, 1, fs, kernel_size=3, stride=1, norm_name=norm, res_block=True
             )
+        # Conv encoder levels 1..S: fs * 2^k channels at H / 2^k (level 0 is the stem).
+        self.encoder = nn.ModuleList(
+            ResidualUnit(sd, fs * 2 ** (k - 1), fs * 2**k, strides=2, subunits=2, norm=norm)
+            for k in range(1, n_stages + 1)
+            if config.conv_encoder
+        )
         self.skips = nn.ModuleList(
             UnetrPrUpBlock(
                 sd,
@@ -118,7 +130,7 @@ class OmniEM(nn.Module):
             )
             for s in range(1, n_stages)
         )
-        ins = [dim, *chans[:-1]]
+        ins = [dim + (fs * 2**n_stages if config.conv_encoder else 0), *chans[:-1]]
         self.ups = nn.ModuleList(
             UnetrUpBlock(
                 sd,
@@ -218,8 +230,7 @@ class OmniEM(nn.Module):
             x = x.float() / 255.0
         scale = self.config.output_scale
         if scale != 1.0 and self.sr_scale == 1:
-            x = F.interpolate(x.float(), scale_factor=scale, mode="bicubic", align_corners=False)
-            x = x.clamp(0.0, 1.0)
+            x = upscale_bicubic(x, scale)
         y = self._forward_slices(x, z)
         if dims == 3:
             y = y.reshape(b, z, *y.shape[1:]).transpose(1, 2)
@@ -228,20 +239,47 @@ class OmniEM(nn.Module):
     def _forward_slices(self, x: torch.Tensor, z: int) -> torch.Tensor:
         bb = self.backbone
         xp, grid = bb.prepare(x)
+        k = self.config.backbone_bin
+        # Pad so that binned patches and (hybrid) the conv levels tile the image exactly.
+        m = math.lcm(bb.patch_size * k, 2 ** len(self.ups) if self.encoder else 1)
+        ph, pw = (-xp.shape[-2]) % m, (-xp.shape[-1]) % m
+        if ph or pw:
+            xp = F.pad(xp, (0, pw, 0, ph), mode="replicate")
         self._z = z
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._needs_backbone_grad()):
             maps = bb.forward_intermediates(
-                xp, indices=self.levels, norm=True, output_fmt="NCHW", intermediates_only=True
+                F.avg_pool2d(xp, k) if k > 1 else xp,
+                indices=self.levels,
+                norm=True,
+                output_fmt="NCHW",
+                intermediates_only=True,
             )
         maps = [
             m.to(xp.dtype) if not torch.is_autocast_enabled(xp.device.type) else m for m in maps
         ]
         stem = self.stem(xp[:, :1])
+        pyramid = [stem]
+        for level in self.encoder:
+            pyramid.append(level(pyramid[-1]))
+        # The decoder starts on the token grid, or (hybrid) on the deepest conv level; binned or
+        # non-power-of-two patches give other sizes, resized here.
+        if self.encoder:
+            start = tuple(pyramid[-1].shape[-2:])
+        else:
+            start = (xp.shape[-2] // bb.patch_size, xp.shape[-1] // bb.patch_size)
+        if tuple(maps[-1].shape[-2:]) != start:
+            maps = [
+                F.interpolate(f, size=start, mode="bilinear", align_corners=False) for f in maps
+            ]
         d = maps[-1]
         n = len(self.ups)
+        if self.encoder:
+            d = torch.cat([d, pyramid[-1].to(d.dtype)], dim=1)
         for s in range(n):
             if s < n - 1:
                 skip = self.skips[s](maps[n - 2 - s])
+                if self.encoder:
+                    skip = skip + pyramid[n - 1 - s]
             else:
                 skip = stem
                 half = (skip.shape[-2] // 2, skip.shape[-1] // 2)
@@ -254,8 +292,7 @@ class OmniEM(nn.Module):
         if self.sr_scale > 1:
             s = self.sr_scale
             y = self.out(d + stem)[..., : s * h, : s * w]
-            base = F.interpolate(x.float(), scale_factor=s, mode="bicubic", align_corners=False)
-            return base.clamp(0.0, 1.0) + y
+            return upscale_bicubic(x, s) + y
         y = self.out(d)
         y = y[..., :h, :w]
         if self.config.task == "restoration":
@@ -292,6 +329,17 @@ class OmniEM(nn.Module):
             f"task={c.task}, out_channels={c.out_channels}, spatial_dims={c.spatial_dims}, "
             f"levels={self.levels}, backbone_mode={self.backbone_mode}"
         )
+
+
+def upscale_bicubic(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bicubic up-scaling of images in [0, 1], clamped back to [0, 1] (the SR baseline).
+
+    Examples:
+        >>> upscale_bicubic(torch.rand(1, 1, 4, 5), 2).shape
+        torch.Size([1, 1, 8, 10])
+    """
+    y = F.interpolate(x.float(), scale_factor=scale, mode="bicubic", align_corners=False)
+    return y.clamp(0.0, 1.0)
 
 
 def activate(y: torch.Tensor, task: str) -> torch.Tensor:
