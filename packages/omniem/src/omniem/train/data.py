@@ -72,7 +72,7 @@ def load_split(
         else:
             labels = raw.astype(np.int64)
     names = [str(ds.slice_names[i]) for i in idx] if ds.slice_names else [str(i) for i in idx]
-    if len(images) != len(names):  # binned at several offsets: one copy per offset, in order
+    if cfg.bin > 1 and bin_shifts > 1:  # one binned copy per grid offset, in order
         offs = _offsets(cfg.bin, bin_shifts)
         names = [f"{n}@{dy},{dx}" for dy in offs for dx in offs for n in names]
     return SplitArrays(images, labels, names, voxel_size)
