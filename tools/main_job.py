@@ -9,7 +9,8 @@
    (``overlay.png``). When the ``mito-2d`` weights are not bundled (``omniem list``), the job says
    so and stops after step 1; ``--model FILE`` uses another model file.
 
-Runtime: ``mito-2d`` (ViT-T/8 backbone) takes ~1.5-3 s per batch of 4 tiles of 256 px at bf16 on
+Runtime: the ViT-layout ``mito-2d`` of an earlier release took ~1.5-3 s per batch of 4
+tiles of 256 px at bf16 on
 2 CPU cores (timed with ``omniem plan --time``), so the full 33 x 768 x 1024 Lucchi++ validation
 volume (660 tiles, 165 batches) would take ~4-9 minutes. By default the job therefore predicts the
 middle ``--slices 5`` slices (100 tiles, ~40-80 s; the overlay's slice among them); ``--slices 0``

@@ -11,7 +11,8 @@ slices, sliding-window inference (256 px tiles, overlap 0.25, Gaussian blending,
 - Baseline: ``monai.networks.nets.UNet`` (channels 32-512, strides 2, 2 residual units, instance
   norm), DiceCE, bf16 autocast, 256 px crops, batch 8, flips/rot90/gamma/intensity augmentation,
   AdamW lr 1e-3 with warm-up and cosine decay over the budget.
-- OmniEM: the ``mito_2d`` recipe (``omniem train``) with ``train.time_budget_s`` = the budget.
+- OmniEM: the ``mito_2d`` recipe (``omniem train``; the hybrid layout: conv encoder beside the
+  bundled ViT-T/8, which sees the image binned 2x) with ``train.time_budget_s`` = the budget.
 
 The two trainings run one after the other (never concurrently), each alone on the machine.
 Prints one JSON object (also written to OUT/mito_baseline.json).
