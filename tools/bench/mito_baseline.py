@@ -33,17 +33,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def train_unet(budget_s: float, seed: int, out: Path) -> tuple[torch.nn.Module, dict]:
+def baseline_unet() -> torch.nn.Module:
+    """The baseline: MONAI 2D UNet, channels 32-512, strides 2, 2 residual units, instance norm.
+    It takes images scaled to [-1, 1] (``x * 2 - 1``)."""
     from monai.networks.nets import UNet
 
-    from omniem.train.config import load_config
-    from omniem.train.data import CropSampler, load_split, loader
-    from omniem.train.loop import lr_factor
-    from omniem.train.losses import build_loss
-
-    cfg = load_config("mito_2d", [f"train.time_budget_s={budget_s}", f"seed={seed}"])
-    torch.manual_seed(seed)
-    net = UNet(
+    return UNet(
         spatial_dims=2,
         in_channels=1,
         out_channels=2,
@@ -52,6 +47,17 @@ def train_unet(budget_s: float, seed: int, out: Path) -> tuple[torch.nn.Module, 
         num_res_units=2,
         norm="instance",
     )
+
+
+def train_unet(budget_s: float, seed: int, out: Path) -> tuple[torch.nn.Module, dict]:
+    from omniem.train.config import load_config
+    from omniem.train.data import CropSampler, load_split, loader
+    from omniem.train.loop import lr_factor
+    from omniem.train.losses import build_loss
+
+    cfg = load_config("mito_2d", [f"train.time_budget_s={budget_s}", f"seed={seed}"])
+    torch.manual_seed(seed)
+    net = baseline_unet()
     arrays = load_split(cfg.data, "train", "all", with_labels=True)
     batches = iter(
         loader(

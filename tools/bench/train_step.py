@@ -29,10 +29,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+#: Changes to the ``mito_2d`` recipe's network (the hybrid layout) per measured layout.
 LAYOUTS = {
-    "vit": {},
-    "hybrid": {"conv_encoder": True, "backbone_bin": 2, "feature_size": 16},
-    "hybrid_bin1": {"conv_encoder": True, "feature_size": 16},
+    "vit": {"conv_encoder": False, "backbone_bin": 1, "feature_size": 32},
+    "hybrid": {},
+    "hybrid_bin1": {"backbone_bin": 1},
 }
 
 
@@ -67,19 +68,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
-    from monai.networks.nets import UNet
+    from mito_baseline import baseline_unet  # tools/bench/, this script's folder
 
     from omniem.nets import NetConfig, build
+    from omniem.train.config import load_config
 
-    unet = UNet(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=2,
-        channels=(32, 64, 128, 256, 512),
-        strides=(2, 2, 2, 2),
-        num_res_units=2,
-        norm="instance",
-    )
+    unet = baseline_unet()
     base = seconds_per_step(unet, args.steps, unit_range=False)
     result: dict = {
         "benchmark": "train_step",
@@ -89,7 +83,8 @@ def main() -> None:
         "layouts": {},
     }
     for name in args.layout or list(LAYOUTS):
-        cfg = NetConfig(backbone=args.backbone, out_channels=2, **LAYOUTS[name])
+        recipe = load_config("mito_2d").net.model_dump()
+        cfg = NetConfig(**{**recipe, "backbone": args.backbone, **LAYOUTS[name]})
         s = seconds_per_step(build(cfg, img_size=256), args.steps, unit_range=True)
         result["layouts"][name] = {"s_per_step": round(s, 3), "ratio_vs_unet": round(s / base, 2)}
         print(json.dumps({name: result["layouts"][name]}), flush=True)
