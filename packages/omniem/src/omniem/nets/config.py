@@ -47,9 +47,9 @@ class NetConfig(BaseModel):
             residual units without normalization (capacity at full input resolution, for
             super-resolution).
         conv_encoder: add a convolutional encoder (MONAI residual units, stride 2 per level, as
-            in a UNet) from the stem down to the token grid; each decoder stage fuses its level
-            with the ViT's, and the bottleneck sees both. Full-resolution detail then does not
-            have to come from ViT tokens alone.
+            in a UNet) from the stem down to the decoder's coarsest grid; each decoder stage fuses
+            its level with the ViT's, and the bottleneck sees both. Full-resolution detail then
+            does not have to come from ViT tokens alone.
         backbone_bin: the backbone sees the image area-binned by this factor (its features are
             resized back to the token grid): ``bin**2`` fewer tokens, for structures much larger
             than a patch.

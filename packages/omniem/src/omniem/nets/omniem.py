@@ -12,11 +12,12 @@ Shapes, for a backbone with patch size ``p`` and token grid ``G = H / p`` (after
   ``upsample="pixel_shuffle"``, MONAI ``SubpixelUpsample`` on the last stage plus the stem, the
   network running at the input size.
 - ``stem_blocks > 0`` replaces the stem by a `ConvTrunk` (residual convolutions, no norm).
-- ``conv_encoder``: MONAI ``ResidualUnit`` s (stride 2) take the stem down to the token grid,
-  ``fs * 2^k`` channels at ``H / 2^k``; decoder skips are the sum of the conv level and the ViT
-  projection, and the bottleneck concatenates the deepest conv level with the last ViT level.
+- ``conv_encoder``: MONAI ``ResidualUnit`` s (stride 2) take the stem down to ``H / 2^S`` (the
+  token grid when ``p = 2^S``), ``fs * 2^k`` channels at ``H / 2^k``; decoder skips are the sum
+  of the conv level and the ViT projection, and the bottleneck concatenates the deepest conv
+  level with the last ViT level.
 - ``backbone_bin = b``: the ViT runs on the image area-binned by ``b`` (``b**2`` fewer tokens); its
-  maps are resized (bilinear) back to ``H / p``.
+  maps are resized (bilinear) back to the decoder's first grid.
 
 3D (``spatial_dims=3``): slices go through the 2D network as a batch; `TokenZAdapter` after every
 ViT block and `MapZMixer` after every decoder stage mix neighbouring slices. Both start at zero,
@@ -241,8 +242,8 @@ class OmniEM(nn.Module):
         xp, grid = bb.prepare(x)
         k = self.config.backbone_bin
         # Pad so that binned patches and (hybrid) the conv levels tile the image exactly.
-        m = math.lcm(bb.patch_size * k, 2 ** len(self.ups) if self.encoder else 1)
-        ph, pw = (-xp.shape[-2]) % m, (-xp.shape[-1]) % m
+        multiple = math.lcm(bb.patch_size * k, 2 ** len(self.ups) if self.encoder else 1)
+        ph, pw = (-xp.shape[-2]) % multiple, (-xp.shape[-1]) % multiple
         if ph or pw:
             xp = F.pad(xp, (0, pw, 0, ph), mode="replicate")
         self._z = z
