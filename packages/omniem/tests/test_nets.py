@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -68,8 +70,46 @@ def test_hybrid_layout_conv_encoder_and_binned_backbone(arch: str) -> None:
     assert net.ups[0].transp_conv.conv.in_channels == bb.embed_dim + 8 * 2 ** len(net.ups)
 
 
+@pytest.mark.parametrize("arch", ["vit_tiny_patch8", "vit_small_patch14_reg4"])
+def test_strided_stem_leaves_only_the_head_at_full_resolution(arch: str) -> None:
+    bb = tiny_backbone(arch)
+    p = bb.patch_size
+    cfg = NetConfig(
+        backbone=f"{arch}.random",
+        out_channels=3,
+        feature_size=8,
+        conv_encoder=True,
+        backbone_bin=2,
+        stem_stride=2,
+    )
+    net = OmniEM(bb, cfg)
+    sizes: dict[str, tuple] = {}
+    for name, mod in [("stem", net.stem), ("deepest", net.encoder[-1]), ("last", net.ups[-1])]:
+        mod.register_forward_hook(lambda _m, _i, o, n=name: sizes.__setitem__(n, o.shape[-2:]))
+    h, w = 3 * p + 5, 2 * p + 3
+    y = net(torch.rand(2, 1, h, w))
+    assert y.shape == (2, 3, h, w) and torch.isfinite(y).all()
+    # Padded to whole bins of patches and to 2^(S+1); the stem and the last stage at half size.
+    n = len(net.ups)
+    padded = [
+        -(-s // math.lcm(2 * p, 2 ** (n + 1))) * math.lcm(2 * p, 2 ** (n + 1)) for s in (h, w)
+    ]
+    assert tuple(sizes["stem"]) == tuple(sizes["last"]) == (padded[0] // 2, padded[1] // 2)
+    assert tuple(sizes["deepest"]) == (padded[0] // 2 ** (n + 1), padded[1] // 2 ** (n + 1))
+    y.mean().backward()
+    assert net.out.conv.weight.grad.abs().sum() > 0
+    assert net.stem.layer.conv1.conv.weight.grad.abs().sum() > 0
+    assert bb.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
-    "layout", [{}, {"conv_encoder": True, "backbone_bin": 2}], ids=["vit", "hybrid"]
+    "layout",
+    [
+        {},
+        {"conv_encoder": True, "backbone_bin": 2},
+        {"conv_encoder": True, "backbone_bin": 2, "stem_stride": 2},
+    ],
+    ids=["vit", "hybrid", "hybrid_strided_stem"],
 )
 def test_3d_at_zero_init_equals_2d_slice_by_slice(layout: dict) -> None:
     cfg2 = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8, **layout)
@@ -190,6 +230,10 @@ def test_bad_arguments_raise_value_errors() -> None:
         NetConfig(task="semantic", output_scale=2)
     with pytest.raises(ValueError, match="integer output_scale >= 2, got 1.5"):
         NetConfig(task="restoration", out_channels=1, output_scale=1.5, upsample="pixel_shuffle")
+    with pytest.raises(ValueError, match="stem_stride=2 needs conv_encoder"):
+        NetConfig(stem_stride=2)
+    with pytest.raises(ValueError, match="stem_stride=2 is for segmentation"):
+        NetConfig(task="restoration", out_channels=1, conv_encoder=True, stem_stride=2)
     bb = emdino.load("vit_tiny_patch8.random", img_size=32)
     with pytest.raises(ValueError, match="levels"):
         OmniEM(bb, NetConfig(levels=[7, 3, 11]))

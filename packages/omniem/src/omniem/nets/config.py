@@ -50,6 +50,11 @@ class NetConfig(BaseModel):
             in a UNet) from the stem down to the decoder's coarsest grid; each decoder stage fuses
             its level with the ViT's, and the bottleneck sees both. Full-resolution detail then
             does not have to come from ViT tokens alone.
+        stem_stride: 1: the stem works at full resolution; 2: at half resolution (a strided
+            residual block, like the first level of a MONAI UNet) and the head up-samples the last
+            decoder stage with a transposed convolution, so no other layer runs at full
+            resolution. Needs ``conv_encoder``; for segmentation only (restoration needs
+            full-resolution detail). The conv levels then sit one octave deeper.
         backbone_bin: the backbone sees the image area-binned by this factor (its features are
             resized back to the token grid): ``bin**2`` fewer tokens, for structures much larger
             than a patch.
@@ -84,6 +89,7 @@ class NetConfig(BaseModel):
     upsample: Upsample = "input"
     stem_blocks: int = Field(0, ge=0)
     conv_encoder: bool = False
+    stem_stride: Literal[1, 2] = 1
     backbone_bin: int = Field(1, ge=1)
     grad_checkpointing: bool = False
 
@@ -107,4 +113,12 @@ class NetConfig(BaseModel):
                 f"upsample='pixel_shuffle' needs an integer output_scale >= 2, got "
                 f"{self.output_scale:g}"
             )
+        if self.stem_stride == 2:
+            if not self.conv_encoder:
+                raise ValueError("stem_stride=2 needs conv_encoder=True (the conv levels carry it)")
+            if self.task == "restoration" or self.stem_blocks:
+                raise ValueError(
+                    "stem_stride=2 is for segmentation; restoration (and stem_blocks) need the "
+                    "full-resolution stem"
+                )
         return self

@@ -16,6 +16,10 @@ Shapes, for a backbone with patch size ``p`` and token grid ``G = H / p`` (after
   token grid when ``p = 2^S``), ``fs * 2^k`` channels at ``H / 2^k``; decoder skips are the sum
   of the conv level and the ViT projection, and the bottleneck concatenates the deepest conv
   level with the last ViT level.
+- ``stem_stride = 2`` (hybrid only): the stem is strided, everything above sits one octave deeper
+  (conv level k at ``H / 2^(k+1)``), the last decoder stage ends at ``H / 2`` and the head is a
+  transposed convolution to the image size: the MONAI UNet's layout, whose only full-resolution
+  layer is its output.
 - ``backbone_bin = b``: the ViT runs on the image area-binned by ``b`` (``b**2`` fewer tokens); its
   maps are resized (bilinear) back to the decoder's first grid.
 
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import (
+    Convolution,
     ResidualUnit,
     SubpixelUpsample,
     UnetOutBlock,
@@ -108,9 +113,10 @@ class OmniEM(nn.Module):
             )
         else:
             self.stem = UnetrBasicBlock(
-                sd, 1, fs, kernel_size=3, stride=1, norm_name=norm, res_block=True
+                sd, 1, fs, kernel_size=3, stride=config.stem_stride, norm_name=norm, res_block=True
             )
-        # Conv encoder levels 1..S: fs * 2^k channels at H / 2^k (level 0 is the stem).
+        # Conv encoder levels 1..S: fs * 2^k channels at H / 2^k (level 0 is the stem); one octave
+        # deeper with a strided stem.
         self.encoder = nn.ModuleList(
             ResidualUnit(sd, fs * 2 ** (k - 1), fs * 2**k, strides=2, subunits=2, norm=norm)
             for k in range(1, n_stages + 1)
@@ -153,6 +159,19 @@ class OmniEM(nn.Module):
                 sd, fs, config.out_channels, scale_factor=self.sr_scale, apply_pad_pool=False
             )
             last = self.out.conv_block
+        elif config.stem_stride == 2:
+            # The decoder ends at H / 2: a transposed convolution to the classes at full size.
+            head = Convolution(
+                sd,
+                fs,
+                config.out_channels,
+                strides=2,
+                kernel_size=3,
+                is_transposed=True,
+                conv_only=True,
+            )
+            self.out = nn.Sequential(nn.Dropout(config.dropout), head) if config.dropout else head
+            last = head.conv
         else:
             self.out = UnetOutBlock(sd, fs, config.out_channels, dropout=config.dropout or None)
             last = self.out.conv.conv
@@ -242,7 +261,8 @@ class OmniEM(nn.Module):
         xp, grid = bb.prepare(x)
         k = self.config.backbone_bin
         # Pad so that binned patches and (hybrid) the conv levels tile the image exactly.
-        multiple = math.lcm(bb.patch_size * k, 2 ** len(self.ups) if self.encoder else 1)
+        conv_depth = len(self.ups) + (self.config.stem_stride == 2)
+        multiple = math.lcm(bb.patch_size * k, 2**conv_depth if self.encoder else 1)
         ph, pw = (-xp.shape[-2]) % multiple, (-xp.shape[-1]) % multiple
         if ph or pw:
             xp = F.pad(xp, (0, pw, 0, ph), mode="replicate")
