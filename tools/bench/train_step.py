@@ -11,9 +11,11 @@ baseline is the UNet of ``tools/bench/mito_baseline.py`` (channels 32-512, 2 res
 Layouts (``--layout``, repeatable; default: all):
 
 - ``vit``: OmniEM's ViT layout (tokens at full resolution, ``feature_size`` 32);
-- ``hybrid``: the ``mito_2d`` recipe's network (``conv_encoder``, ``backbone_bin: 2``,
-  ``feature_size: 16``);
-- ``hybrid_bin1``: the hybrid with the ViT at full resolution.
+- ``hybrid``: the ``mito_2d`` recipe's network (``conv_encoder``, ``stem_stride: 2``,
+  ``backbone_bin: 4``, ``feature_size: 32``);
+- ``hybrid_bin2``: the same with the ViT on the image binned 2x;
+- ``hybrid_full_res_stem``: the earlier recipe (git 263c079): full-resolution stem,
+  ``backbone_bin: 2``, ``feature_size: 16``.
 
 Prints one JSON object: seconds per step and ``ratio_vs_unet`` (OmniEM / UNet; lower is better).
 """
@@ -31,9 +33,10 @@ import torch  # noqa: E402
 
 #: Changes to the ``mito_2d`` recipe's network (the hybrid layout) per measured layout.
 LAYOUTS = {
-    "vit": {"conv_encoder": False, "backbone_bin": 1, "feature_size": 32},
+    "vit": {"conv_encoder": False, "stem_stride": 1, "backbone_bin": 1, "feature_size": 32},
     "hybrid": {},
-    "hybrid_bin1": {"backbone_bin": 1},
+    "hybrid_bin2": {"backbone_bin": 2},
+    "hybrid_full_res_stem": {"stem_stride": 1, "backbone_bin": 2, "feature_size": 16},
 }
 
 
