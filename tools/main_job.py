@@ -9,12 +9,11 @@
    (``overlay.png``). When the ``mito-2d`` weights are not bundled (``omniem list``), the job says
    so and stops after step 1; ``--model FILE`` uses another model file.
 
-Runtime: the ViT-layout ``mito-2d`` of an earlier release took ~1.5-3 s per batch of 4
-tiles of 256 px at bf16 on
-2 CPU cores (timed with ``omniem plan --time``), so the full 33 x 768 x 1024 Lucchi++ validation
-volume (660 tiles, 165 batches) would take ~4-9 minutes. By default the job therefore predicts the
-middle ``--slices 5`` slices (100 tiles, ~40-80 s; the overlay's slice among them); ``--slices 0``
-predicts the whole volume.
+Runtime: by default the job predicts the middle ``--slices 5`` slices (the overlay's slice among
+them); ``--slices 0`` predicts the whole volume. The default was chosen for the ViT-layout
+``mito-2d`` of an earlier release (~1.5-3 s per batch of 4 tiles of 256 px at bf16 on 2 CPU
+cores, so ~40-80 s for 5 slices). The shipped hybrid ``mito-2d`` is much cheaper: the 5 slices
+took 6.5 s on 2 cores (2026-11-25), so the whole 33-slice volume takes under a minute.
 
 Input, in order of preference: --input URI; the Lucchi++ validation slices from EMSSL_DATA (real
 FIB-SEM); else a procedural EM phantom (fully offline).
