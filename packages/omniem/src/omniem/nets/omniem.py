@@ -2,7 +2,8 @@
 
 Shapes, for a backbone with patch size ``p`` and token grid ``G = H / p`` (after padding):
 
-- stem: MONAI ``UnetrBasicBlock`` on the normalized image, ``feature_size`` channels at full size.
+- stem: MONAI ``UnetrBasicBlock`` on the normalized image, ``feature_size`` channels at full size
+  (at ``H / 2`` with ``stem_stride = 2``, below).
 - levels ``l_1 .. l_S`` (``S = floor(log2 p)``) from ``Backbone.forward_intermediates``: the deepest
   feeds the bottleneck; level ``l_s`` (s < S) is projected by ``UnetrPrUpBlock`` to ``G * 2^s``.
 - decoder stages ``s = 1 .. S`` (``UnetrUpBlock``: transposed convolution x2, concatenation with
