@@ -2,11 +2,13 @@
 
 Usage::
 
-    python tools/bench/mito_baseline.py --budget-min 30 [--backbone NAME] [--out DIR]
+    python tools/bench/mito_baseline.py --budget-min 30 [--backbone NAME] [--out DIR] [--tta]
+    python tools/bench/mito_baseline.py --rescore --out DIR   # add TTA scores to a finished run
 
 Both models train on Lucchi++ slices 0-131 (em5m ``lucchi_pp/train``) and are scored on the 33
 held-out slices 132-164 (``lucchi_pp/val``): foreground IoU with pixels pooled over the 33
-slices, sliding-window inference (256 px tiles, overlap 0.25, Gaussian blending, bf16).
+slices, sliding-window inference (256 px tiles, overlap 0.25, Gaussian blending, bf16); with
+``--tta`` also with the logits averaged over the 8 flips and rotations of each slice, for both.
 
 - Baseline: ``monai.networks.nets.UNet`` (channels 32-512, strides 2, 2 residual units, instance
   norm), DiceCE, bf16 autocast, 256 px crops, batch 8, flips/rot90/gamma/intensity augmentation,
@@ -100,20 +102,27 @@ def train_unet(budget_s: float, seed: int, out: Path) -> tuple[torch.nn.Module, 
     }
 
 
-def score(predict, images: np.ndarray, labels: np.ndarray) -> dict:
+def score(predict, images: np.ndarray, labels: np.ndarray, *, tta: bool = False) -> dict:
+    """Pooled foreground scores; with ``tta`` the logits are averaged over the 8 flips and
+    rotations of each slice (as ``omniem evaluate --tta`` does)."""
     from monai.inferers import sliding_window_inference
 
     from omniem import metrics
+    from omniem.infer import dihedral_transforms
 
+    def window(x: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(
+            x, (256, 256), 4, predict, overlap=0.25, mode="gaussian", padding_mode="reflect"
+        ).float()
+
+    views = dihedral_transforms() if tta else [(lambda t: t, lambda t: t)]
     counts = metrics.SegmentationCounts(2)
     t0 = time.perf_counter()
     for img, lab in zip(images, labels, strict=True):
         x = torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            y = sliding_window_inference(
-                x, (256, 256), 4, predict, overlap=0.25, mode="gaussian", padding_mode="reflect"
-            )
-        counts.update(y[0].float().argmax(0).numpy(), (lab > 0).astype(np.int64))
+            y = sum(undo(window(do(x))) for do, undo in views)
+        counts.update(y[0].argmax(0).numpy(), (lab > 0).astype(np.int64))
     return {
         "iou": float(counts.iou()[1]),
         "dice": float(counts.dice()[1]),
@@ -121,6 +130,29 @@ def score(predict, images: np.ndarray, labels: np.ndarray) -> dict:
         "recall": float(counts.recall()[1]),
         "infer_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def rescore(out: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Add TTA scores to OUT/mito_baseline.json from the models that run saved."""
+    from omniem.registry import load
+
+    path = out / "mito_baseline.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no earlier run to rescore")
+    result = json.loads(path.read_text())
+    if "unet" in result:
+        unet = baseline_unet()
+        unet.load_state_dict(torch.load(out / "unet.pt", weights_only=True))
+        unet.eval()
+        result["unet"]["tta"] = score(lambda b: unet(b * 2 - 1), images, labels, tta=True)
+    if "omniem" in result:
+        net = load(out / "omniem_run" / "model.safetensors")
+        result["omniem"]["tta"] = score(lambda b: net(b), images, labels, tta=True)
+    if "unet" in result and "omniem" in result:
+        gain = result["omniem"]["tta"]["iou"] - result["unet"]["tta"]["iou"]
+        result["tta_iou_gain_vs_unet"] = gain
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 def main() -> None:
@@ -137,6 +169,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench-out/mito_baseline")
     ap.add_argument("--skip", choices=["unet", "omniem"], help="run only one side (debugging)")
+    ap.add_argument(
+        "--tta",
+        action="store_true",
+        help="also score both models with test-time augmentation (8 views; under 'tta')",
+    )
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="train nothing: add the --tta scores of the models an earlier run left in OUT",
+    )
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     out = Path(args.out)
@@ -153,10 +195,15 @@ def main() -> None:
         "val": "lucchi_pp/val (33 slices)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
+    if args.rescore:
+        rescore(out, images, labels)
+        return
     if args.skip != "unet":
         unet, info = train_unet(budget, args.seed, out)
         unet.eval()
         result["unet"] = {**info, **score(lambda b: unet(b * 2 - 1), images, labels)}
+        if args.tta:
+            result["unet"]["tta"] = score(lambda b: unet(b * 2 - 1), images, labels, tta=True)
         print(json.dumps({"unet": result["unet"]}), flush=True)
     if args.skip != "omniem":
         from omniem.train import load_config, train
@@ -190,8 +237,13 @@ def main() -> None:
             "loss_last": losses[-1],
             **score(lambda b: net(b), images, labels),
         }
+        if args.tta:
+            result["omniem"]["tta"] = score(lambda b: net(b), images, labels, tta=True)
     if "unet" in result and "omniem" in result:
         result["iou_gain_vs_unet"] = result["omniem"]["iou"] - result["unet"]["iou"]
+        if args.tta:
+            gain = result["omniem"]["tta"]["iou"] - result["unet"]["tta"]["iou"]
+            result["tta_iou_gain_vs_unet"] = gain
     (out / "mito_baseline.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

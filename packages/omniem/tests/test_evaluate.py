@@ -71,6 +71,27 @@ def test_evaluate_cli_writes_pooled_scores(tiny_model, val_pngs, tmp_path, capsy
     assert res["recall"] == pytest.approx(counts.recall()[1], abs=1e-9)
 
 
+def test_evaluate_tta_scores_the_mean_over_the_eight_views(tiny_model, val_pngs, tmp_path):
+    net, path = tiny_model
+    out = tmp_path / "tta.json"
+    code = main(["evaluate", "--model", str(path), "--images", str(val_pngs / "images"),
+                 "--labels", str(val_pngs / "labels"), "--json", str(out), "--tile", "64",
+                 "--dtype", "fp32", "--tta"])  # fmt: skip
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["tta"] is True
+    counts = metrics.SegmentationCounts(2)
+    for k in range(3):
+        img = np.asarray(Image.open(val_pngs / "images" / f"{k:04d}.png"))
+        lab = np.asarray(Image.open(val_pngs / "labels" / f"{k:04d}.png")) > 0
+        pred = predict_image(net, img, tile=64, dtype="fp32", tta=True).argmax(0).numpy()
+        counts.update(pred, lab.astype(np.int64))
+    assert res["iou"] == pytest.approx(counts.iou()[1], abs=1e-9)
+    # An untrained network is not rotation-equivariant: the views do change the output.
+    plain = predict_image(net, img, tile=64, dtype="fp32")
+    assert not torch.allclose(plain, predict_image(net, img, tile=64, dtype="fp32", tta=True))
+
+
 def test_evaluate_errors_name_the_problem(tiny_model, val_pngs, tmp_path, capsys):
     _, path = tiny_model
     (tmp_path / "two").mkdir()

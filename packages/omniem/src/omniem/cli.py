@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over the 8 flips/rotations of each image (8x time)",
+    )
 
     p = sub.add_parser(
         "predict",
@@ -391,6 +396,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         tile=args.tile,
         overlap=args.overlap,
         dtype=args.dtype,
+        tta=args.tta,
     )
     print(json.dumps(res, indent=2))
     return 0

@@ -28,6 +28,7 @@ def evaluate(
     tile: int = 256,
     overlap: float = 0.25,
     dtype: str = "bf16",
+    tta: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` (name, file or `OmniEM`) on image/label pairs and score it.
@@ -40,6 +41,8 @@ def evaluate(
         tile: sliding-window tile side (input pixels).
         overlap: tile overlap fraction.
         dtype: ``bf16`` or ``fp32``.
+        tta: average each image's raw output over its 8 flips and 90-degree rotations (8x the
+            time; see `omniem.infer.predict_image`).
         progress: called with ``(done, total)`` after each image.
 
     Returns:
@@ -53,16 +56,21 @@ def evaluate(
     net = load(model) if isinstance(model, str | os.PathLike) else model
     pairs = read_pairs(images, labels)
     task = net.config.task
+
+    def predict(img: np.ndarray) -> Any:
+        return predict_image(net, img, tile=tile, overlap=overlap, dtype=dtype, tta=tta)
+
     result: dict[str, Any] = {
         "model": str(model) if not hasattr(model, "config") else "<in memory>",
         "task": task,
         "images": str(images),
         "labels": str(labels),
+        "tta": bool(tta),
     }
     if task == "restoration":
         psnrs, ssims = [], []
         for k, (img, target, _name) in enumerate(pairs):
-            out = predict_image(net, img, tile=tile, overlap=overlap, dtype=dtype)[0].cpu().numpy()
+            out = predict(img)[0].cpu().numpy()
             t = _unit(target)
             out = out[: t.shape[0], : t.shape[1]]
             psnrs.append(metrics.psnr(out, t, data_range=1.0))
@@ -75,7 +83,7 @@ def evaluate(
         binary = task == "instances" or n_classes == 2
         counts = metrics.SegmentationCounts(2 if binary else n_classes)
         for k, (img, lab, _name) in enumerate(pairs):
-            prob = predict_image(net, img, tile=tile, overlap=overlap, dtype=dtype)
+            prob = predict(img)
             if task == "instances":
                 pred = (prob[0] > 0.5).cpu().numpy()
             else:
