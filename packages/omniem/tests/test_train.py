@@ -69,8 +69,12 @@ def test_resume_continues_and_validation_keeps_the_best(tmp_path, emssl_data):
     assert ck["step"] == 8
 
 
-def test_model_file_round_trip_and_errors(tmp_path, emssl_data):
-    cfg = load_config("mito_2d", [*FAST, "optim.total_steps=2", "data.val_split=null"])
+@pytest.mark.parametrize("mode", ["frozen", "full"])
+def test_model_file_round_trip_and_errors(tmp_path, emssl_data, mode):
+    """The loaded file computes what the trained network did, also with a frozen backbone (not
+    stored: rebuilt on the position-embedding grid it was trained with)."""
+    sets = [*FAST, "optim.total_steps=2", "data.val_split=null", f"net.backbone_mode={mode}"]
+    cfg = load_config("mito_2d", sets)
     path = train(cfg, tmp_path / "run")
     net = load_model(path)
     x = torch.rand(1, 1, 48, 40)

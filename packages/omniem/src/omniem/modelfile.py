@@ -88,8 +88,9 @@ def load_model(
 ) -> OmniEM:
     """Rebuild the network from a model file (strict: every stored and expected key must match).
 
-    ``img_size`` only applies to files without a trained backbone; a stored backbone keeps the
-    position-embedding grid it was trained with (inputs of any size still work).
+    The backbone is rebuilt on the position-embedding grid it was trained with (recorded in the
+    file), so a frozen backbone gives the decoder the features it learned from; ``img_size``
+    overrides that grid for files without a trained backbone (inputs of any size still work).
 
     Raises:
         ModelFileError: not a model file, or its weights do not fit its configuration.
@@ -98,7 +99,7 @@ def load_model(
 
     meta = read_metadata(path)
     config = NetConfig.model_validate(meta["net"])
-    if meta["backbone_included"] and meta["img_size"]:
+    if meta["img_size"] and (meta["backbone_included"] or img_size is None):
         img_size = int(meta["img_size"])
     net = build(config, img_size=img_size, device=device)
     tensors = load_file(str(path), device=device)
