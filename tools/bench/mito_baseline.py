@@ -3,7 +3,7 @@
 Usage::
 
     python tools/bench/mito_baseline.py --budget-min 30 [--backbone NAME] [--out DIR] [--tta]
-    python tools/bench/mito_baseline.py --rescore --out DIR   # add TTA scores to a finished run
+    python tools/bench/mito_baseline.py --rescore --out DIR   # score a finished run again (+TTA)
 
 Both models train on Lucchi++ slices 0-131 (em5m ``lucchi_pp/train``) and are scored on the 33
 held-out slices 132-164 (``lucchi_pp/val``): foreground IoU with pixels pooled over the 33
@@ -133,7 +133,8 @@ def score(predict, images: np.ndarray, labels: np.ndarray, *, tta: bool = False)
 
 
 def rescore(out: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Add TTA scores to OUT/mito_baseline.json from the models that run saved."""
+    """Score again (plain and TTA) the models an earlier run saved in OUT; the training figures
+    of OUT/mito_baseline.json are kept."""
     from omniem.registry import load
 
     path = out / "mito_baseline.json"
@@ -144,13 +145,17 @@ def rescore(out: Path, images: np.ndarray, labels: np.ndarray) -> None:
         unet = baseline_unet()
         unet.load_state_dict(torch.load(out / "unet.pt", weights_only=True))
         unet.eval()
+        result["unet"].update(score(lambda b: unet(b * 2 - 1), images, labels))
         result["unet"]["tta"] = score(lambda b: unet(b * 2 - 1), images, labels, tta=True)
     if "omniem" in result:
         net = load(out / "omniem_run" / "model.safetensors")
+        result["omniem"].update(score(lambda b: net(b), images, labels))
         result["omniem"]["tta"] = score(lambda b: net(b), images, labels, tta=True)
     if "unet" in result and "omniem" in result:
+        result["iou_gain_vs_unet"] = result["omniem"]["iou"] - result["unet"]["iou"]
         gain = result["omniem"]["tta"]["iou"] - result["unet"]["tta"]["iou"]
         result["tta_iou_gain_vs_unet"] = gain
+    result["rescored"] = True
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
@@ -177,7 +182,7 @@ def main() -> None:
     ap.add_argument(
         "--rescore",
         action="store_true",
-        help="train nothing: add the --tta scores of the models an earlier run left in OUT",
+        help="train nothing: score the models an earlier run left in OUT again, plain and --tta",
     )
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -10,12 +10,14 @@ One step = forward under bf16 autocast, DiceCE, backward and AdamW on a batch of
 baseline is the UNet of ``tools/bench/mito_baseline.py`` (channels 32-512, 2 residual units).
 Layouts (``--layout``, repeatable; default: all):
 
-- ``vit``: OmniEM's ViT layout (tokens at full resolution, ``feature_size`` 32);
+- ``vit``: OmniEM's ViT layout (tokens at full resolution, ``feature_size`` 32, full
+  fine-tuning);
 - ``hybrid``: the ``mito_2d`` recipe's network (``conv_encoder``, ``stem_stride: 2``,
-  ``backbone_bin: 4``, ``feature_size: 32``);
+  ``backbone_bin: 4``, ``feature_size: 32``, backbone frozen);
+- ``hybrid_full_backbone``: the same with the backbone fine-tuned too;
 - ``hybrid_bin2``: the same with the ViT on the image binned 2x;
 - ``hybrid_full_res_stem``: the earlier recipe (git 263c079): full-resolution stem,
-  ``backbone_bin: 2``, ``feature_size: 16``.
+  ``backbone_bin: 2``, ``feature_size: 16``, full fine-tuning.
 
 Prints one JSON object: seconds per step and ``ratio_vs_unet`` (OmniEM / UNet; lower is better).
 """
@@ -33,10 +35,22 @@ import torch  # noqa: E402
 
 #: Changes to the ``mito_2d`` recipe's network (the hybrid layout) per measured layout.
 LAYOUTS = {
-    "vit": {"conv_encoder": False, "stem_stride": 1, "backbone_bin": 1, "feature_size": 32},
+    "vit": {
+        "conv_encoder": False,
+        "stem_stride": 1,
+        "backbone_bin": 1,
+        "feature_size": 32,
+        "backbone_mode": "full",
+    },
     "hybrid": {},
+    "hybrid_full_backbone": {"backbone_mode": "full"},
     "hybrid_bin2": {"backbone_bin": 2},
-    "hybrid_full_res_stem": {"stem_stride": 1, "backbone_bin": 2, "feature_size": 16},
+    "hybrid_full_res_stem": {
+        "stem_stride": 1,
+        "backbone_bin": 2,
+        "feature_size": 16,
+        "backbone_mode": "full",
+    },
 }
 
 
