@@ -132,6 +132,29 @@ def score(predict, images: np.ndarray, labels: np.ndarray, *, tta: bool = False)
     }
 
 
+def scores(predict, images: np.ndarray, labels: np.ndarray, *, tta: bool) -> dict:
+    """Plain scores, plus the TTA ones under ``"tta"`` when asked."""
+    res = score(predict, images, labels)
+    if tta:
+        res["tta"] = score(predict, images, labels, tta=True)
+    return res
+
+
+def unet_predictor(unet: torch.nn.Module):
+    """The UNet on images in [0, 1] (it was trained on ``x * 2 - 1``)."""
+    return lambda b: unet(b * 2 - 1)
+
+
+def add_gains(result: dict) -> None:
+    """OmniEM's IoU minus the UNet's, plain and (when scored) with TTA."""
+    if "unet" not in result or "omniem" not in result:
+        return
+    u, o = result["unet"], result["omniem"]
+    result["iou_gain_vs_unet"] = o["iou"] - u["iou"]
+    if "tta" in u and "tta" in o:
+        result["tta_iou_gain_vs_unet"] = o["tta"]["iou"] - u["tta"]["iou"]
+
+
 def rescore(out: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Score again (plain and TTA) the models an earlier run saved in OUT; the training figures
     of OUT/mito_baseline.json are kept."""
@@ -145,16 +168,11 @@ def rescore(out: Path, images: np.ndarray, labels: np.ndarray) -> None:
         unet = baseline_unet()
         unet.load_state_dict(torch.load(out / "unet.pt", weights_only=True))
         unet.eval()
-        result["unet"].update(score(lambda b: unet(b * 2 - 1), images, labels))
-        result["unet"]["tta"] = score(lambda b: unet(b * 2 - 1), images, labels, tta=True)
+        result["unet"].update(scores(unet_predictor(unet), images, labels, tta=True))
     if "omniem" in result:
         net = load(out / "omniem_run" / "model.safetensors")
-        result["omniem"].update(score(lambda b: net(b), images, labels))
-        result["omniem"]["tta"] = score(lambda b: net(b), images, labels, tta=True)
-    if "unet" in result and "omniem" in result:
-        result["iou_gain_vs_unet"] = result["omniem"]["iou"] - result["unet"]["iou"]
-        gain = result["omniem"]["tta"]["iou"] - result["unet"]["tta"]["iou"]
-        result["tta_iou_gain_vs_unet"] = gain
+        result["omniem"].update(scores(net, images, labels, tta=True))
+    add_gains(result)
     result["rescored"] = True
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
@@ -206,9 +224,7 @@ def main() -> None:
     if args.skip != "unet":
         unet, info = train_unet(budget, args.seed, out)
         unet.eval()
-        result["unet"] = {**info, **score(lambda b: unet(b * 2 - 1), images, labels)}
-        if args.tta:
-            result["unet"]["tta"] = score(lambda b: unet(b * 2 - 1), images, labels, tta=True)
+        result["unet"] = {**info, **scores(unet_predictor(unet), images, labels, tta=args.tta)}
         print(json.dumps({"unet": result["unet"]}), flush=True)
     if args.skip != "omniem":
         from omniem.train import load_config, train
@@ -240,15 +256,9 @@ def main() -> None:
             "train_s": round(train_s, 1),
             "loss_first": losses[0],
             "loss_last": losses[-1],
-            **score(lambda b: net(b), images, labels),
+            **scores(net, images, labels, tta=args.tta),
         }
-        if args.tta:
-            result["omniem"]["tta"] = score(lambda b: net(b), images, labels, tta=True)
-    if "unet" in result and "omniem" in result:
-        result["iou_gain_vs_unet"] = result["omniem"]["iou"] - result["unet"]["iou"]
-        if args.tta:
-            gain = result["omniem"]["tta"]["iou"] - result["unet"]["tta"]["iou"]
-            result["tta_iou_gain_vs_unet"] = gain
+    add_gains(result)
     (out / "mito_baseline.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
