@@ -69,6 +69,29 @@ def test_resume_continues_and_validation_keeps_the_best(tmp_path, emssl_data):
     assert ck["step"] == 8
 
 
+def test_weight_average_is_what_is_saved_and_survives_resume(tmp_path, emssl_data):
+    """With ``optim.ema_decay`` the model file holds the moving average, not the live weights,
+    and a resumed run continues the average from its checkpoint."""
+    run = tmp_path / "run"
+    over = [*FAST, "optim.total_steps=6", "data.val_split=null", "optim.ema_decay=0.9"]
+    train(load_config("mito_2d", [*over, "train.stop_after_steps=3"]), run)
+    assert torch.load(run / "last.pt", weights_only=False)["ema"]["updates"] == 3
+    path = train(load_config("mito_2d", over), run, resume=True)
+    ck = torch.load(run / "last.pt", weights_only=False)
+    assert ck["ema"]["updates"] == 6
+    saved = load_model(path).state_dict()
+    moved = 0
+    for name, avg in ck["ema"]["average"].items():
+        torch.testing.assert_close(saved[name], avg)
+        moved += not torch.equal(avg, ck["model"][name])
+    assert moved > 0  # the average differs from the live weights
+    plain = tmp_path / "plain"
+    short = [*FAST, "optim.total_steps=4", "data.val_split=null"]
+    train(load_config("mito_2d", [*short, "train.stop_after_steps=2"]), plain)
+    with pytest.raises(ValueError, match="started without"):
+        train(load_config("mito_2d", [*short, "optim.ema_decay=0.9"]), plain, resume=True)
+
+
 @pytest.mark.parametrize("mode", ["frozen", "full"])
 def test_model_file_round_trip_and_errors(tmp_path, emssl_data, mode):
     """The loaded file computes what the trained network did, also with a frozen backbone (not

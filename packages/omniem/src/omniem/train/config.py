@@ -94,6 +94,9 @@ class OptimConfig(_Strict):
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
     clip_grad: float | None = 1.0
+    #: Validate and save an exponential moving average of the weights with this decay per step
+    #: (None: the weights as they are).
+    ema_decay: float | None = Field(None, ge=0, lt=1)
 
 
 class TrainConfig(_Strict):

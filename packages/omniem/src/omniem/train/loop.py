@@ -25,6 +25,7 @@ from omniem.modelfile import load_model, save_model
 from omniem.nets import OmniEM, build
 from omniem.train.config import RunConfig, save_config
 from omniem.train.data import SplitArrays, load_split, loader, training_sampler
+from omniem.train.ema import WeightAverage
 from omniem.train.losses import build_loss
 
 Progress = Callable[[dict[str, Any]], None]
@@ -194,11 +195,16 @@ def train(
         if cfg.data.val_split
         else None
     )
+    ema = WeightAverage(net, cfg.optim.ema_decay) if cfg.optim.ema_decay is not None else None
     step, best, bad_vals, wall0 = 0, -math.inf, 0, 0.0
     if resume:
         ck = torch.load(last, map_location=device, weights_only=False)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if ema is not None:
+            if "ema" not in ck:
+                raise ValueError(f"{last}: optim.ema_decay is set but the run was started without")
+            ema.load_state_dict(ck["ema"])
         step, best, bad_vals, wall0 = ck["step"], ck["best"], ck["bad_vals"], ck["wall_s"]
         _set_rng_state(ck["rng"])
     sampler = training_sampler(
@@ -228,23 +234,30 @@ def train(
                 "bad_vals": bad_vals,
                 "wall_s": wall0 + time.perf_counter() - t_start,
                 "rng": _rng_state(),
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             },
             tmp,
         )
         os.replace(tmp, last)
 
+    def averaged() -> contextlib.AbstractContextManager[OmniEM]:
+        # The weights to validate and save: the moving average when there is one.
+        return ema.applied(net) if ema is not None else contextlib.nullcontext(net)
+
     def run_validation() -> bool:
         nonlocal best, bad_vals
         if val_arrays is None:
             return False
-        scores = validate(net, val_arrays, cfg)
+        with averaged():
+            scores = validate(net, val_arrays, cfg)
         rec = {"step": step, **scores, "wall_s": wall0 + time.perf_counter() - t_start}
         append_jsonl(out / "metrics.jsonl", rec)
         if progress:
             progress(rec)
         if scores["val_score"] > best:
             best, bad_vals = scores["val_score"], 0
-            save_model(net, out / "model.safetensors", card={**card, "step": step, **scores})
+            with averaged():
+                save_model(net, out / "model.safetensors", card={**card, "step": step, **scores})
         else:
             bad_vals += 1
         return cfg.train.patience is not None and bad_vals >= cfg.train.patience
@@ -269,6 +282,8 @@ def train(
                 [p for g in opt.param_groups for p in g["params"]], cfg.optim.clip_grad
             )
         opt.step()
+        if ema is not None:
+            ema.update(net)
         step += 1
         window.append(float(loss.detach()))
         if step % cfg.train.log_every == 0 or step == stop_at:
@@ -304,7 +319,8 @@ def train(
     if finished and stop_reason != "early_stopping":
         run_validation()
     if val_arrays is None or not (out / "model.safetensors").exists():
-        save_model(net, out / "model.safetensors", card={**card, "step": step})
+        with averaged():
+            save_model(net, out / "model.safetensors", card={**card, "step": step})
     append_jsonl(
         out / "metrics.jsonl",
         {
