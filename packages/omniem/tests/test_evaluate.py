@@ -181,3 +181,40 @@ def test_bundled_membrane_and_organelle_models_segment_held_out_slices(emssl_dat
     counts.update(p.argmax(0), np.asarray(vnc.labels["classes"][0][crop], dtype=np.int64))
     iou = counts.iou()
     assert iou[4] > 0.5 and iou[0] > 0.2  # intracellular and membrane, far above chance
+
+
+def test_the_model_cards_tile_is_the_default_tiling(tiny_model, val_pngs, tmp_path):
+    """A model file whose card names a tile and overlap (what training validated with) is run with
+    them by evaluate, predict_image and the engine unless the call names others."""
+    from omniem.engine import predict
+    from omniem.registry import load
+
+    net, _ = tiny_model
+    path = save_model(net, tmp_path / "tiled.safetensors", card={"tile": 96, "overlap": 0.5})
+    model = load(path)
+    img = np.asarray(Image.open(val_pngs / "images" / "0000.png"))  # 128 x 160
+    own = predict_image(model, img, dtype="fp32")
+    torch.testing.assert_close(own, predict_image(model, img, tile=96, overlap=0.5, dtype="fp32"))
+    # Another tiling gives another result on this image, so the default is not a coincidence.
+    assert not torch.allclose(own, predict_image(model, img, tile=64, dtype="fp32"))
+
+    res = evaluate_json(path, val_pngs, tmp_path / "own.json")
+    assert (res["tile"], res["overlap"]) == (96, 0.5)
+    told = evaluate_json(path, val_pngs, tmp_path / "told.json", "--tile", "64")
+    assert (told["tile"], told["overlap"]) == (64, 0.5)
+    assert res["iou"] != told["iou"]
+
+    # The engine, too: the whole image with the card's tiling, as when it is named.
+    own_engine = predict(path, img, dtype="fp32", output="probabilities")
+    named = predict(path, img, tile=96, overlap=0.5, dtype="fp32", output="probabilities")
+    np.testing.assert_array_equal(own_engine, named)
+    other = predict(path, img, tile=64, dtype="fp32", output="probabilities")
+    assert not np.allclose(own_engine, other)
+
+
+def evaluate_json(model, pngs, out, *extra: str) -> dict:
+    code = main(["evaluate", "--model", str(model), "--images", str(pngs / "images"),
+                 "--labels", str(pngs / "labels"), "--json", str(out), "--dtype", "fp32",
+                 *extra])  # fmt: skip
+    assert code == 0
+    return json.loads(out.read_text())

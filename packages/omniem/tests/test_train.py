@@ -44,6 +44,9 @@ def test_every_recipe_trains_real_steps_and_the_loss_goes_down(recipe, tmp_path,
     assert np.mean(ls[-6:]) < np.mean(ls[:6]), ls
     meta = read_metadata(path)
     assert meta["card"]["name"] == cfg.card.name and meta["net"]["task"] == cfg.net.task
+    # The card names the tiling the model was validated with, which inference then defaults to.
+    card_tiling = (meta["card"]["tile"], meta["card"]["overlap"])
+    assert card_tiling == (cfg.train.val_tile, cfg.train.val_overlap)
     assert (tmp_path / "run" / "config.yaml").is_file() and (
         tmp_path / "run" / "curves.png"
     ).is_file()

@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="directory of 2D images, TIFF stack or Zarr")
     p.add_argument("--labels", required=True, help="labels (or restoration targets), same layout")
     p.add_argument("--json", required=True, help="output JSON file")
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--tile", type=int, help="tile side in pixels (default: the model's, else 256)")
+    p.add_argument(
+        "--overlap", type=float, help="tile overlap fraction (default: the model's, else 0.25)"
+    )
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument(
         "--tta",
@@ -81,8 +83,14 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "or dask://HOST:PORT (a dask.distributed cluster)",
     )
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    p.add_argument("--tile", type=int, default=256, help="tile side in model pixels")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
+    p.add_argument(
+        "--tile", type=int, help="tile side in model pixels (default: the model's, else 256)"
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        help="tile overlap fraction in [0, 1) (default: the model's, else 0.25)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument(
         "--tile-z", type=int, help="slices per tile of a 3D model (default 16; 2D models ignore it)"
@@ -160,8 +168,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
     if block is not None and any(b != int(b) for b in block):
         raise _CliError(f"--block {args.block!r}: expected two positive integers")
     for option, value, ok in (
-        ("--tile", args.tile, args.tile >= 8),
-        ("--overlap", args.overlap, 0.0 <= args.overlap < 1.0),
+        ("--tile", args.tile, args.tile is None or args.tile >= 8),
+        ("--overlap", args.overlap, args.overlap is None or 0.0 <= args.overlap < 1.0),
         ("--batch-size", args.batch_size, args.batch_size >= 1),
         ("--tile-z", args.tile_z, args.tile_z is None or args.tile_z >= 1),
     ):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from omniem.infer import predict_image
+from omniem.infer import model_tiling, predict_image
 
 
 def evaluate(
@@ -25,8 +25,8 @@ def evaluate(
     labels: str | os.PathLike[str],
     *,
     json_out: str | os.PathLike[str] | None = None,
-    tile: int = 256,
-    overlap: float = 0.25,
+    tile: int | None = None,
+    overlap: float | None = None,
     dtype: str = "bf16",
     tta: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -38,15 +38,17 @@ def evaluate(
         images: a directory of 2D images, a TIFF stack or a Zarr array (see `omniem.pairs`).
         labels: the same for labels (or restoration targets), paired by sorted order / slice.
         json_out: also write the result here (atomically).
-        tile: sliding-window tile side (input pixels).
-        overlap: tile overlap fraction.
+        tile: sliding-window tile side (input pixels); default: the model's
+            (`omniem.infer.model_tiling`: its card's, else 256).
+        overlap: tile overlap fraction; default: the model's (else 0.25).
         dtype: ``bf16`` or ``fp32``.
         tta: average each image's raw output over its 8 flips and 90-degree rotations (8x the
             time; see `omniem.infer.predict_image`).
         progress: called with ``(done, total)`` after each image.
 
     Returns:
-        The scores plus ``n_images``, ``model``, ``task`` and ``seconds``.
+        The scores plus ``n_images``, ``model``, ``task``, the ``tile`` and ``overlap`` used and
+        ``seconds``.
     """
     from omniem import metrics
     from omniem.pairs import read_pairs
@@ -56,6 +58,7 @@ def evaluate(
     net = load(model) if isinstance(model, str | os.PathLike) else model
     pairs = read_pairs(images, labels)
     task = net.config.task
+    tile, overlap = model_tiling(net, tile, overlap)
 
     def predict(img: np.ndarray) -> Any:
         return predict_image(net, img, tile=tile, overlap=overlap, dtype=dtype, tta=tta)
@@ -66,6 +69,8 @@ def evaluate(
         "images": str(images),
         "labels": str(labels),
         "tta": bool(tta),
+        "tile": tile,
+        "overlap": overlap,
     }
     if task == "restoration":
         psnrs, ssims = [], []

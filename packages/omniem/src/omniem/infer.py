@@ -14,13 +14,41 @@ from monai.inferers import sliding_window_inference
 
 from omniem.nets import OmniEM, activate
 
+#: Sliding-window tiling of a model whose card names none (models trained before cards did).
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 0.25
+
+
+def model_tiling(
+    model: object, tile: int | None = None, overlap: float | None = None
+) -> tuple[int, float]:
+    """The tile side and overlap to run ``model`` with: the ones given, else its card's ``tile``
+    and ``overlap`` (the tiling it was validated with in training), else 256 px and 0.25.
+
+    A model's tiling matters: with per-tile (instance) normalization and a tile only a few
+    objects wide, a larger tile sees more context and steadier statistics (mito-2d: IoU 0.886
+    with 256 px tiles, 0.904 with 512 on the Lucchi++ validation slices).
+
+    Examples:
+        >>> class M:
+        ...     card = {"tile": 512}
+        >>> model_tiling(M()), model_tiling(M(), 128, 0.5), model_tiling(object())
+        ((512, 0.25), (128, 0.5), (256, 0.25))
+    """
+    card = getattr(model, "card", None) or {}
+    if tile is None:
+        tile = int(card.get("tile", DEFAULT_TILE))
+    if overlap is None:
+        overlap = float(card.get("overlap", DEFAULT_OVERLAP))
+    return tile, overlap
+
 
 def predict_image(
     net: OmniEM,
     image: np.ndarray | torch.Tensor,
     *,
-    tile: int = 256,
-    overlap: float = 0.25,
+    tile: int | None = None,
+    overlap: float | None = None,
     batch_size: int = 4,
     dtype: str = "bf16",
     tta: bool = False,
@@ -30,8 +58,9 @@ def predict_image(
     Args:
         net: a 2D OmniEM network.
         image: uint8 or float in [0, 1].
-        tile: window side in input pixels (smaller images are padded by MONAI).
-        overlap: window overlap fraction.
+        tile: window side in input pixels (smaller images are padded by MONAI); default: the
+            model's (`model_tiling`).
+        overlap: window overlap fraction; default: the model's.
         batch_size: windows per forward pass.
         dtype: ``bf16`` (autocast) or ``fp32``.
         tta: test-time augmentation: average the raw outputs over the 8 flips and 90-degree
@@ -45,6 +74,7 @@ def predict_image(
     """
     if net.config.spatial_dims != 2:
         raise ValueError("predict_image runs 2D networks; use the engine for 3D models")
+    tile, overlap = model_tiling(net, tile, overlap)
     x = torch.as_tensor(np.asarray(image))
     if x.ndim != 2:
         raise ValueError(f"expected a 2D image [H, W], got shape {tuple(x.shape)}")

@@ -134,8 +134,8 @@ def predict(
     source: Any,
     target: str | os.PathLike[str] | None = None,
     *,
-    tile: int = 256,
-    overlap: float = 0.25,
+    tile: int | None = None,
+    overlap: float | None = None,
     blend: str = "gaussian",
     batch_size: int = 4,
     devices: Any = "cpu",
@@ -165,8 +165,9 @@ def predict(
             for normalization).
         target: OME-Zarr directory to write (resumable, see `omniem.engine.ledger`); ``None``
             returns a numpy array.
-        tile: tile side in model pixels.
-        overlap: tile overlap fraction in [0, 1).
+        tile: tile side in model pixels; default: the model's (its card's ``tile``, the tiling
+            it was validated with; else 256, `omniem.infer.model_tiling`).
+        overlap: tile overlap fraction in [0, 1); default: the model's (else 0.25).
         blend: ``gaussian`` (MONAI's, sigma = tile / 8), ``hann`` or ``constant``.
         batch_size: tiles per forward pass.
         devices: where blocks run (`omniem.engine.devices`): one torch device (``"cpu"``,

@@ -19,6 +19,7 @@ import torch
 
 from omniem.engine import tiles as T
 from omniem.errors import OmniEMError
+from omniem.infer import model_tiling
 
 __all__ = ["Block", "BlockError", "Runner", "Setup", "prepare"]
 
@@ -429,8 +430,8 @@ def prepare(
     model: Any,
     source: Any,
     *,
-    tile: int = 256,
-    overlap: float = 0.25,
+    tile: int | None = None,
+    overlap: float | None = None,
     blend: str = "gaussian",
     batch_size: int = 4,
     devices: Any = "cpu",
@@ -450,9 +451,9 @@ def prepare(
     """Validate arguments, open model and source, and lay out grid and blocks (no compute)."""
     if tile_z is not None and (not isinstance(tile_z, int) or tile_z < 1):
         raise ValueError(f"tile_z must be a positive integer, got {tile_z!r}")
-    if not isinstance(tile, int) or tile < 8:
+    if tile is not None and (not isinstance(tile, int) or tile < 8):
         raise ValueError(f"tile must be an integer >= 8, got {tile!r}")
-    if not 0.0 <= float(overlap) < 1.0:
+    if overlap is not None and not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
     if blend not in T.BLENDS:
         raise ValueError(f"blend must be one of {', '.join(T.BLENDS)}, got {blend!r}")
@@ -473,6 +474,7 @@ def prepare(
         src_vs = tuple(float(v) for v in src_vs)
     device, spec = _device(devices, scheduler)
     runner = _runner(model, device, dtype, bool(tta), bool(compile))
+    tile, overlap = model_tiling(runner, tile, overlap)  # unless given: the model's card's
     if orthoplanes:
         _orthoplane_runner(runner, name, is_2d, batch_size)
 

@@ -112,7 +112,9 @@ class TrainConfig(_Strict):
     time_budget_s: float | None = None
     #: Stop after this step in this invocation (the run stays resumable).
     stop_after_steps: int | None = None
-    val_tile: int = 256
+    #: Sliding-window tiling of validation; saved in the model's card as the tiling to run the
+    #: model with (``omniem.infer.model_tiling``: evaluate, predict and the engine default to it).
+    val_tile: int = Field(256, ge=8)
     val_overlap: float = Field(0.25, ge=0, lt=1)
     #: Validate on at most this many slices (None: all of the validation split).
     val_max_images: int | None = None

@@ -216,7 +216,14 @@ def train(
         seed=cfg.seed + step,
     )
     batches = iter(loader(sampler, cfg.optim.batch_size, cfg.data.workers))
-    card = {**cfg.card.model_dump(mode="json"), "task": cfg.net.task, "backbone": cfg.net.backbone}
+    card = {
+        **cfg.card.model_dump(mode="json"),
+        "task": cfg.net.task,
+        "backbone": cfg.net.backbone,
+        # The tiling it was validated with is the one to run it with (omniem.infer.model_tiling).
+        "tile": cfg.train.val_tile,
+        "overlap": cfg.train.val_overlap,
+    }
     autocast = cfg.train.precision == "bf16"
     t_start = time.perf_counter()
     window: list[float] = []
