@@ -101,6 +101,12 @@ def main() -> None:
         if "tta" in u and "tta" in o
         else ""
     )
+    tile_256 = (
+        f" On 256 px tiles (the tiling of earlier releases), plainly: UNet "
+        f"{u['tile_256']['iou']:.3f}, OmniEM {o['tile_256']['iou']:.3f}."
+        if "tile_256" in u and "tile_256" in o
+        else ""
+    )
     # UNet steps per OmniEM step in the same time (OmniEM may stop before the budget).
     ratio = (u.get("steps", 0) / u.get("train_s", 1.0)) / max(
         o.get("steps", 1) / o.get("train_s", 1.0), 1e-9
@@ -148,7 +154,9 @@ network (`omniem.nets.OmniEM`) in its hybrid layout: {layout(stages[0][0]["net"]
 ## Scores on the 33 Lucchi++ validation slices (pixels pooled)
 
 `omniem evaluate --model mito-2d --images VAL/images --labels VAL/labels --json out.json
-[--tta]`:
+[--tta]`, sliding-window inference on {ev.get("tile", 256)} px tiles, overlap
+{ev.get("overlap", 0.25):g} (this model's tiling: its card's `tile` and `overlap`, which evaluate,
+predict and the engine use unless told otherwise):
 
 | model | IoU | Dice | precision | recall |
 |---|---|---|---|---|
@@ -157,7 +165,8 @@ network (`omniem.nets.OmniEM`) in its hybrid layout: {layout(stages[0][0]["net"]
 Stage 1 against a plain MONAI 2D UNet (32-512 channels, 2 residual units) with the same
 {bench["budget_s"] / 60:.0f}-minute budget, same run (`tools/bench/mito_baseline.py`): UNet IoU
 **{u.get("iou", float("nan")):.3f}** after {u.get("steps", 0)} steps; OmniEM IoU
-**{o.get("iou", float("nan")):.3f}** after {o.get("steps", 0)} steps.{tta_bench}
+**{o.get("iou", float("nan")):.3f}** after {o.get("steps", 0)} steps, both scored on
+{bench.get("tile", 256)} px tiles.{tta_bench}{tile_256}
 
 {verdict}
 
