@@ -113,6 +113,7 @@ def test_evaluate_errors_name_the_problem(tiny_model, val_pngs, tmp_path, capsys
 
 def test_registry_lists_and_loads_the_bundled_mito_model():
     import omniem
+    import omniem.infer
 
     assert "mito-2d" in omniem.list_models()
     info = omniem.info("mito-2d")
@@ -121,6 +122,9 @@ def test_registry_lists_and_loads_the_bundled_mito_model():
     )
     net = omniem.load("mito-2d")
     assert net.config.backbone == "vit_tiny_patch8.emdino" and net.config.out_channels == 2
+    # It runs on the tiles it was validated with (512 px: its instance norm wants the context).
+    assert (info["card"]["tile"], info["card"]["overlap"]) == (512, 0.25)
+    assert omniem.infer.model_tiling(net) == (512, 0.25)
 
 
 def test_bundled_restoration_models_restore_a_held_out_slice(emssl_data):
