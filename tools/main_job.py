@@ -13,8 +13,9 @@ Runtime: by default the job predicts the middle ``--slices 5`` slices (the overl
 them); ``--slices 0`` predicts the whole volume. The default was chosen for the ViT-layout
 ``mito-2d`` of an earlier release (~1.5-3 s per batch of 4 tiles of 256 px at bf16 on 2 CPU
 cores, so ~40-80 s for 5 slices). The shipped hybrid ``mito-2d`` is much cheaper: the 5 slices
-took 6.5-6.8 s on 2 cores (the two hybrids shipped on 2026-11-25); the whole 33-slice volume
-should take under a minute (extrapolated, not timed).
+took 6.5-6.8 s on 2 cores on 256 px tiles (the two hybrids shipped on 2026-11-25) and 5.4 s on
+the 512 px tiles its card names now (2026-12-07); the whole 33-slice volume should take under a
+minute (extrapolated, not timed).
 
 Input, in order of preference: --input URI; the Lucchi++ validation slices from EMSSL_DATA (real
 FIB-SEM); else a procedural EM phantom (fully offline).
