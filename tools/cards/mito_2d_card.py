@@ -92,6 +92,13 @@ def main() -> None:
     if ev_tta and "tta" in u and "tta" in o:
         met = met or (ev_tta["iou"] >= 0.90 and o["tta"]["iou"] > u["tta"]["iou"])
     mode_words, file_words = training_mode(stages[0][0])
+    decay = stages[0][0]["optim"].get("ema_decay")
+    ema = (
+        f"; the saved weights are the moving average of the trained ones (`optim.ema_decay: "
+        f"{decay:g}`)"
+        if decay is not None
+        else ""
+    )
     table = scores_line("mito-2d", ev) + (
         "\n" + scores_line("mito-2d, `--tta`", ev_tta) if ev_tta else ""
     )
@@ -146,7 +153,7 @@ network (`omniem.nets.OmniEM`) in its hybrid layout: {layout(stages[0][0]["net"]
   `tools/bench/mito_baseline.py --budget-min {bench["budget_s"] / 60:.0f}`: wall-clock budget
   {bench["budget_s"] / 60:.0f} min, {stages[0][1]} steps of batch 8 (256 px crops, half centred on
   mitochondria, flips/rot90/gamma/intensity), DiceCE, AdamW, warm-up + cosine over the budget,
-  bf16 autocast; {stages[0][2] / 60:.1f} min.{later}
+  bf16 autocast{ema}; {stages[0][2] / 60:.1f} min.{later}
 - In all: {steps} steps ({steps * 8} crops), {wall / 60:.1f} min of training wall time. No model
   selection on the validation slices (`data.val_split=null`: each stage's last weights are kept).
 - Hardware: 2 CPU cores (AVX-512 BF16, no AMX), 24 GiB RAM, no GPU.
