@@ -11,7 +11,8 @@ slices, sliding-window inference with the same tiling for both (default: the ``m
 recipe's ``train.val_tile``/``val_overlap``, 512 px and 0.25, which mito-2d's card gives
 ``omniem evaluate``; ``--tile``/``--overlap`` to change), Gaussian blending, bf16; with ``--tta``
 also with the logits averaged over the 8 flips and rotations of each slice, for both. With any
-tiling but 256 px / 0.25, both are also scored plainly on that one, under ``"tile_256"``.
+other tiling, both are also scored plainly on 256 px tiles at overlap 0.25 (earlier runs' and
+``omniem.infer``'s default), under ``"tile_256"``.
 
 - Baseline: ``monai.networks.nets.UNet`` (channels 32-512, strides 2, 2 residual units, instance
   norm), DiceCE, bf16 autocast, 256 px crops, batch 8, flips/rot90/gamma/intensity augmentation,
@@ -173,11 +174,13 @@ def scores(
 ) -> dict:
     """Plain scores, plus the TTA ones under ``"tta"`` when asked, and for reference the plain
     ones with 256 px tiles (the tiling of earlier runs) under ``"tile_256"``."""
+    from omniem.infer import DEFAULT_OVERLAP, DEFAULT_TILE
+
     res = score(predict, images, labels, tiling)
     if tta:
         res["tta"] = score(predict, images, labels, tiling, tta=True)
-    if tiling != (256, 0.25):
-        res["tile_256"] = score(predict, images, labels, (256, 0.25))
+    if tiling != (DEFAULT_TILE, DEFAULT_OVERLAP):
+        res["tile_256"] = score(predict, images, labels, (DEFAULT_TILE, DEFAULT_OVERLAP))
     return res
 
 
