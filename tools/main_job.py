@@ -103,7 +103,7 @@ def segment(vol: em5m.Volume, out: Path, args: argparse.Namespace) -> None:
         where = f"slices {z0}..{z1 - 1} of {vol.shape[vol.axes.index('z')]}"
     print(
         f"main-job: step 4  segmenting {where} with {args.model} ({p['n_blocks']} blocks, "
-        f"{p['n_batches']} batches of tiles on {args.devices}, {args.dtype})"
+        f"{p['n_batches']} batches of tiles on {args.devices}, {p.get('dtype', args.dtype)})"
     )
     target = out / "prediction.ome.zarr"
     with TqdmProgress("main-job: predict") as bar:
@@ -142,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         "--slices", type=int, default=5, help="middle slices to segment (0: the whole volume)"
     )
     parser.add_argument("--devices", default="cpu", help="cpu, cpu:N, cuda:0,cuda:1, dask://...")
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 where the CPU computes it natively, else fp32",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

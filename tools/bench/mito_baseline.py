@@ -9,18 +9,22 @@ Both models train on Lucchi++ slices 0-131 (em5m ``lucchi_pp/train``) and are sc
 held-out slices 132-164 (``lucchi_pp/val``): foreground IoU with pixels pooled over the 33
 slices, sliding-window inference with the same tiling for both (default: the ``mito_2d``
 recipe's ``train.val_tile``/``val_overlap``, 512 px and 0.25, which mito-2d's card gives
-``omniem evaluate``; ``--tile``/``--overlap`` to change), Gaussian blending, bf16; with ``--tta``
+``omniem evaluate``; ``--tile``/``--overlap`` to change), Gaussian blending; with ``--tta``
 also with the logits averaged over the 8 flips and rotations of each slice, for both. With any
 other tiling, both are also scored plainly on 256 px tiles at overlap 0.25 (earlier runs' and
 ``omniem.infer``'s default), under ``"tile_256"``.
 
 - Baseline: ``monai.networks.nets.UNet`` (channels 32-512, strides 2, 2 residual units, instance
-  norm), DiceCE, bf16 autocast, 256 px crops, batch 8, flips/rot90/gamma/intensity augmentation,
+  norm), DiceCE, 256 px crops, batch 8, flips/rot90/gamma/intensity augmentation,
   AdamW lr 1e-3 with warm-up and cosine decay over the budget: issue 6's recipe, pinned here
   (``BASELINE_RECIPE``), whatever the ``mito_2d`` recipe says.
 - OmniEM: the ``mito_2d`` recipe (``omniem train``; the hybrid layout: a conv encoder with the
   UNet's widths and a strided stem beside the bundled ViT-T/8, which sees the image binned 4x)
   with ``train.time_budget_s`` = the budget.
+
+Both compute in the same precision: ``emdino.precision``'s ``auto`` (bf16 autocast where the CPU
+computes bf16 natively, as issue 6's recipe assumes; fp32 on CPUs that would emulate it, where
+bf16 is ~30x slower), recorded as ``precision`` in the result.
 
 The two trainings run one after the other (never concurrently), each alone on the machine;
 ``--skip`` runs one side and keeps the other side's figures in OUT (each side records when it
@@ -40,6 +44,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from emdino.precision import autocast, resolve_precision  # noqa: E402
+
+#: The precision both models train and are scored in (bf16 only where the CPU computes it).
+PRECISION = resolve_precision("auto", "cpu")
 
 #: Step limit of both trainings: far beyond the budget, so that the wall clock alone ends them and
 #: drives their cosine decay (with the recipe's ``total_steps`` the faster model would finish its
@@ -117,7 +126,7 @@ def train_unet(budget_s: float, seed: int, out: Path) -> tuple[torch.nn.Module, 
         b = next(batches)
         for g in opt.param_groups:
             g["lr"] = cfg.optim.lr * lr_factor(step, cfg, time.perf_counter() - t0)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(PRECISION):
             y = net(b["image"] * 2 - 1)
         loss = loss_fn(y, b)
         opt.zero_grad(set_to_none=True)
@@ -157,7 +166,7 @@ def score(
     t0 = time.perf_counter()
     for img, lab in zip(images, labels, strict=True):
         x = torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), autocast(PRECISION):
             y = sum(undo(window(do(x))) for do, undo in views)
         counts.update(y[0].argmax(0).numpy(), (lab > 0).astype(np.int64))
     return {
@@ -282,6 +291,7 @@ def main() -> None:
         "tile": tiling[0],
         "overlap": tiling[1],
         "val": "lucchi_pp/val (33 slices)",
+        "precision": PRECISION,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     if args.rescore:

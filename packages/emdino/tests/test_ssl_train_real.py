@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from emdino.precision import resolve_precision
 from emdino.ssl.config import load_config
 from emdino.ssl.curves import read_jsonl
 from emdino.ssl.train import main, train
@@ -106,6 +107,8 @@ def test_pretrain_on_real_corpus_loss_decreases_and_resumes(tmp_path: Path) -> N
     assert events and events[0]["head"] == "dino" and "uniform" in events[0]["message"]
     for name in ("config.yaml", "curves.png", "last.pt", "step_0000010.pt"):
         assert (out / name).is_file(), name
+    # The saved config names the precision the run computed in, never "auto".
+    assert load_config(out / "config.yaml").train.precision == resolve_precision("auto")
     assert not (out / "step_0000005.pt").exists()  # keep_checkpoints: 1
 
 

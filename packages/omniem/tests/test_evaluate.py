@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from emdino.precision import resolve_precision
 from omniem import metrics
 from omniem.cli import main
 from omniem.infer import predict_image
@@ -204,6 +205,7 @@ def test_the_model_cards_tile_is_the_default_tiling(tiny_model, val_pngs, tmp_pa
 
     res = evaluate_json(path, val_pngs, tmp_path / "own.json")
     assert (res["tile"], res["overlap"]) == (96, 0.5)
+    assert res["dtype"] == resolve_precision("auto")  # the precision it computed in
     told = evaluate_json(path, val_pngs, tmp_path / "told.json", "--tile", "64")
     assert (told["tile"], told["overlap"]) == (64, 0.5)
     assert res["iou"] != told["iou"]

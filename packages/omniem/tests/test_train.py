@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from emdino.precision import resolve_precision
 from omniem.modelfile import load_model, read_metadata
 from omniem.train import load_config, train
 from omniem.train.config import CONFIG_DIR
@@ -50,6 +51,9 @@ def test_every_recipe_trains_real_steps_and_the_loss_goes_down(recipe, tmp_path,
     assert (tmp_path / "run" / "config.yaml").is_file() and (
         tmp_path / "run" / "curves.png"
     ).is_file()
+    # The saved config names the precision the run computed in ("auto" resolved).
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert cfg.train.precision == "auto" and saved.train.precision == resolve_precision("auto")
 
 
 def test_resume_continues_and_validation_keeps_the_best(tmp_path, emssl_data):

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overlap", type=float, help="tile overlap fraction (default: the model's, else 0.25)"
     )
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    _dtype_option(p)
     p.add_argument(
         "--tta",
         action="store_true",
@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dtype_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="compute precision; auto (default): bf16 autocast where the device computes bf16 "
+        "natively (AVX512-BF16/AMX CPUs, recent GPUs), else fp32 (emulated bf16 is far slower)",
+    )
+
+
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered name (omniem list) or model file")
     p.add_argument(
@@ -82,7 +92,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         help="cpu (default), cpu:N (N worker processes), cuda:0,cuda:1 (one process per GPU) "
         "or dask://HOST:PORT (a dask.distributed cluster)",
     )
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    _dtype_option(p)
     p.add_argument(
         "--tile", type=int, help="tile side in model pixels (default: the model's, else 256)"
     )

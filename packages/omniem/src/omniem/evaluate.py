@@ -27,7 +27,7 @@ def evaluate(
     json_out: str | os.PathLike[str] | None = None,
     tile: int | None = None,
     overlap: float | None = None,
-    dtype: str = "bf16",
+    dtype: str = "auto",
     tta: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -41,7 +41,8 @@ def evaluate(
         tile: sliding-window tile side (input pixels); default: the model's
             (`omniem.infer.model_tiling`: its card's, else 256).
         overlap: tile overlap fraction; default: the model's (else 0.25).
-        dtype: ``bf16`` or ``fp32``.
+        dtype: ``auto`` (bf16 where the device computes it natively, else fp32: see
+            `emdino.precision`), ``bf16`` or ``fp32``.
         tta: average each image's raw output over its 8 flips and 90-degree rotations (8x the
             time; see `omniem.infer.predict_image`).
         progress: called with ``(done, total)`` after each image.
@@ -50,6 +51,7 @@ def evaluate(
         The scores plus ``n_images``, ``model``, ``task``, the ``tile`` and ``overlap`` used and
         ``seconds``.
     """
+    from emdino.precision import resolve_precision
     from omniem import metrics
     from omniem.pairs import read_pairs
     from omniem.registry import load
@@ -59,6 +61,7 @@ def evaluate(
     pairs = read_pairs(images, labels)
     task = net.config.task
     tile, overlap = model_tiling(net, tile, overlap)
+    dtype = resolve_precision(dtype, net.backbone.device)
 
     def predict(img: np.ndarray) -> Any:
         return predict_image(net, img, tile=tile, overlap=overlap, dtype=dtype, tta=tta)
@@ -71,6 +74,7 @@ def evaluate(
         "tta": bool(tta),
         "tile": tile,
         "overlap": overlap,
+        "dtype": dtype,
     }
     if task == "restoration":
         psnrs, ssims = [], []

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from emdino.precision import autocast
 from omniem.nets import OmniEM, activate
 
 #: Sliding-window tiling of a model whose card names none (models trained before cards did).
@@ -50,7 +51,7 @@ def predict_image(
     tile: int | None = None,
     overlap: float | None = None,
     batch_size: int = 4,
-    dtype: str = "bf16",
+    dtype: str = "auto",
     tta: bool = False,
 ) -> torch.Tensor:
     """Activated output (`omniem.nets.activate`) of a 2D image ``[H, W]`` -> ``[C, H', W']``.
@@ -62,7 +63,8 @@ def predict_image(
             model's (`model_tiling`).
         overlap: window overlap fraction; default: the model's.
         batch_size: windows per forward pass.
-        dtype: ``bf16`` (autocast) or ``fp32``.
+        dtype: ``auto`` (bf16 autocast where the device computes bf16 natively, else fp32;
+            `emdino.precision`), ``bf16`` or ``fp32``.
         tta: test-time augmentation: average the raw outputs over the 8 flips and 90-degree
             rotations of the image (8x the compute), then activate.
 
@@ -86,10 +88,8 @@ def predict_image(
         with torch.inference_mode():
 
             def run(batch: torch.Tensor) -> torch.Tensor:
-                if dtype == "bf16":
-                    with torch.autocast(batch.device.type, dtype=torch.bfloat16):
-                        return net(batch).float()
-                return net(batch).float()
+                with autocast(dtype, batch.device):
+                    return net(batch).float()
 
             def window(img: torch.Tensor) -> torch.Tensor:
                 tile_hw = (min(tile, img.shape[-2]), min(tile, img.shape[-1]))

@@ -26,6 +26,7 @@ import torch
 from emdino.eval.features import vit_embedder
 from emdino.eval.patch_probe import ProbeRecipe
 from emdino.eval.tasks import TASKS, FeatureSpec, run_tasks
+from emdino.precision import resolve_precision
 
 
 def load_backbone(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--train-stride", type=int, default=4, help="use every k-th train slice")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--out", help="write the JSON report here too")
     args = p.parse_args(argv)
     if args.threads:
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tile=args.tile,
         mean=desc["mean"],
         std=desc["std"],
-        precision=args.precision,
+        precision=resolve_precision(args.precision, "cpu"),
     )
     t0 = time.perf_counter()
     results = run_tasks(embed, spec, tuple(args.tasks), args.train_stride, ProbeRecipe())
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "n_last_blocks": args.n_last_blocks,
             "tile": args.tile,
             "train_stride": args.train_stride,
-            "precision": args.precision,
+            "precision": spec.precision,
             "recipe": ProbeRecipe().__dict__,
         },
         "results": results,

@@ -8,12 +8,13 @@ features of a tile therefore see only that tile (no context across tile borders)
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from emdino.precision import autocast
 
 #: ``(B, 1, T, T)`` normalised tiles -> ``(B, T/p, T/p, D)`` patch features.
 Embedder = Callable[[torch.Tensor], torch.Tensor]
@@ -63,7 +64,7 @@ def patch_features(
     mean: float = 0.595446,
     std: float = 0.211906,
     batch_size: int = 16,
-    precision: str = "bf16",
+    precision: str = "auto",
     out_dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
     """Patch-grid features of a stack of 2D images.
@@ -76,7 +77,8 @@ def patch_features(
         mean: normalisation mean of the [0, 1] image.
         std: normalisation std.
         batch_size: tiles per forward pass.
-        precision: ``bf16`` (autocast) or ``fp32``.
+        precision: ``auto`` (bf16 autocast where the CPU computes bf16 natively, else fp32;
+            `emdino.precision`), ``bf16`` or ``fp32``.
         out_dtype: dtype of the returned features (float16 halves memory).
 
     Returns:
@@ -94,7 +96,7 @@ def patch_features(
     ph, pw = -h % tile, -w % tile
     g = tile // patch_size
     rows, cols = (h + ph) // tile, (w + pw) // tile
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    ctx = autocast(precision, "cpu")
     out: torch.Tensor | None = None
     for i in range(n):
         x = torch.from_numpy(_to_unit(images[i : i + 1]))[:, None]

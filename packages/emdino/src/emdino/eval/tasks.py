@@ -45,7 +45,7 @@ class FeatureSpec:
     tile: int = 128
     mean: float = 0.595446
     std: float = 0.211906
-    precision: str = "bf16"
+    precision: str = "auto"
 
 
 def _feats(embed: Embedder, images: np.ndarray, spec: FeatureSpec) -> torch.Tensor:

@@ -213,8 +213,10 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     """Precision, device, logging and checkpointing."""
 
-    #: Autocast dtype of the forward passes (weights, optimizer and losses stay float32).
-    precision: Literal["bf16", "fp32"] = "bf16"
+    #: Autocast dtype of the forward passes (weights, optimizer and losses stay float32); auto:
+    #: bf16 where the device computes it natively, else fp32 (`emdino.precision`). A run saves
+    #: the resolved value.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: torch intra-op threads per process; None leaves torch's default.
     num_threads: int | None = None

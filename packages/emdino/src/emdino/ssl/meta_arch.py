@@ -19,12 +19,12 @@ it; the teacher is a second `StudentNet` never wrapped.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from emdino.precision import autocast as precision_autocast
 from emdino.ssl import distributed
 from emdino.ssl.backbone import MaskedViT, build_backbone
 from emdino.ssl.config import PretrainConfig
@@ -163,9 +163,7 @@ class SSLMetaArch(nn.Module):
 
     def autocast(self) -> Any:
         """The autocast context of the configured precision (none for fp32)."""
-        if self.cfg.train.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return precision_autocast(self.cfg.train.precision, self.device)
 
     def _center(
         self, logits: torch.Tensor, temp: float, center: MeanCenter, n_total: int | None = None

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emdino.precision import resolve_precision
 from emdino.ssl import distributed
 from emdino.ssl.checkpoint import backbone_state_dict, load_checkpoint, restore, save_checkpoint
 from emdino.ssl.config import PretrainConfig, load_config, save_config
@@ -165,6 +166,9 @@ def train(
         ValueError: the configuration changed in a way that would break an exact resume.
     """
     info = distributed.setup(cfg.train.device, cfg.dist.backend)
+    # The saved config (and a resume's comparison) holds the precision computed in, not "auto".
+    precision = resolve_precision(cfg.train.precision, info.device)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     out = Path(out_dir)

@@ -157,6 +157,7 @@ def plan(
         "resampled": any(setup.resampled),
         "intensity": setup.norm,
         "device": str(runner.device),
+        "dtype": setup.params["dtype"],  # the precision computed in ("auto" resolved)
     }
     if time_batch:
         result["seconds_per_batch"] = _time_batch(setup)

@@ -139,7 +139,7 @@ def predict(
     blend: str = "gaussian",
     batch_size: int = 4,
     devices: Any = "cpu",
-    dtype: str = "bf16",
+    dtype: str = "auto",
     voxel_size: Any = None,
     resample: bool = True,
     output: str | None = None,
@@ -175,7 +175,8 @@ def predict(
             one worker process per GPU; ``"dask://HOST:PORT"``: a dask.distributed cluster.
             Workers compute the same blocks with the same code, so the output is bit-identical
             to one device (same torch threads per process on CPU).
-        dtype: ``bf16`` (autocast) or ``fp32``.
+        dtype: ``auto`` (bf16 autocast where the device computes bf16 natively, else fp32;
+            `emdino.precision`), ``bf16`` or ``fp32``.
         voxel_size: source voxel size in nm (``(z, y, x)``, ``(y, x)`` or one in-plane number);
             overrides what the source says.
         resample: resample to the model card's ``voxel_size_nm`` when they differ by > 10 %.

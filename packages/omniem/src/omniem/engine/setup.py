@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 import torch
 
+from emdino.precision import autocast, resolve_precision
 from omniem.engine import tiles as T
 from omniem.errors import OmniEMError
 from omniem.infer import model_tiling
@@ -25,7 +26,7 @@ __all__ = ["Block", "BlockError", "Runner", "Setup", "prepare"]
 
 ENGINE_FORMAT = "omniem.engine/1"
 OUTPUTS: tuple[str, ...] = ("probabilities", "labels", "image", "instances")
-DTYPES: tuple[str, ...] = ("bf16", "fp32")
+DTYPES: tuple[str, ...] = ("auto", "bf16", "fp32")
 #: Default block: slices x pixels (y and x) of output per block.
 DEFAULT_BLOCK: tuple[int, int] = (8, 1024)
 #: Slices per tile of a 3D model (``tile_z``) unless given.
@@ -257,10 +258,7 @@ def _runner(
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(device)
-        if dtype == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                out = net(batch)
-        else:
+        with autocast(dtype, device):
             out = net(batch)
         return torch.as_tensor(out).float()
 
@@ -435,7 +433,7 @@ def prepare(
     blend: str = "gaussian",
     batch_size: int = 4,
     devices: Any = "cpu",
-    dtype: str = "bf16",
+    dtype: str = "auto",
     voxel_size: Any = None,
     resample: bool = True,
     output: str | None = None,
@@ -473,6 +471,8 @@ def prepare(
         src_vs = voxel_size if not isinstance(voxel_size, (int, float)) else (voxel_size,) * 2
         src_vs = tuple(float(v) for v in src_vs)
     device, spec = _device(devices, scheduler)
+    # Resolved here, so that the run records (and a resume checks) the precision it computes in.
+    dtype = resolve_precision(dtype, device)
     runner = _runner(model, device, dtype, bool(tta), bool(compile))
     tile, overlap = model_tiling(runner, tile, overlap)  # unless given: the model's card's
     if orthoplanes:

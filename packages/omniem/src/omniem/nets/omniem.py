@@ -324,15 +324,15 @@ class OmniEM(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def predict(self, x: torch.Tensor | np.ndarray, *, dtype: str = "fp32") -> torch.Tensor:
-        """Output in inference form: class probabilities, sigmoid channels or a [0, 1] image."""
+        """Output in inference form: class probabilities, sigmoid channels or a [0, 1] image.
+        ``dtype``: ``fp32``, ``bf16`` (autocast) or ``auto`` (`emdino.precision`)."""
+        from emdino.precision import autocast
+
         was = self.training
         self.eval()
         try:
             x = torch.as_tensor(x).to(self.backbone.device)
-            if dtype == "bf16":
-                with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                    y = self(x).float()
-            else:
+            with autocast(dtype, x.device):
                 y = self(x).float()
         finally:
             self.train(was)

@@ -100,7 +100,9 @@ class OptimConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    precision: Literal["bf16", "fp32"] = "bf16"
+    #: auto: bf16 autocast where the device computes bf16 natively, else fp32
+    #: (`emdino.precision`); the run's saved config records which.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = "auto"
     num_threads: int | None = None
     log_every: int = Field(10, ge=1)

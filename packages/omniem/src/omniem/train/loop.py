@@ -1,4 +1,4 @@
-"""`train`: the OmniEM training loop (bf16 autocast, checkpoints, exact resume, validation).
+"""`train`: the OmniEM training loop (autocast, checkpoints, exact resume, validation).
 
 A run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``curves.png``, ``last.pt``
 (model, optimizer, step, RNG: ``resume=True`` continues from it) and ``model.safetensors`` (the
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emdino.precision import autocast, resolve_precision
 from emdino.ssl.curves import append_jsonl, plot_curves, read_jsonl
 from omniem.infer import predict_image
 from omniem.modelfile import load_model, save_model
@@ -168,13 +169,16 @@ def train(
     if not resume and (out / "metrics.jsonl").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.train.device)
+    # The saved config says what the run computed in, not "auto".
+    precision = resolve_precision(cfg.train.precision, device)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     save_config(cfg, out / "config.yaml")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.train.device)
 
     net = build_network(cfg, device)
     net.train()
@@ -224,7 +228,6 @@ def train(
         "tile": cfg.train.val_tile,
         "overlap": cfg.train.val_overlap,
     }
-    autocast = cfg.train.precision == "bf16"
     t_start = time.perf_counter()
     window: list[float] = []
     t_window = time.perf_counter()
@@ -277,7 +280,7 @@ def train(
         f = lr_factor(step, cfg, wall0 + time.perf_counter() - t_start)
         for g in opt.param_groups:
             g["lr"] = cfg.optim.lr * f * g["lr_mult"]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast(precision, device):
             y = net(batch["image"])
         loss = loss_fn(y, batch)
         if not torch.isfinite(loss):
