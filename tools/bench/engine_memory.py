@@ -164,7 +164,7 @@ def _source(path: str, slices: int | None):  # noqa: ANN202
     return vol.data[:slices]
 
 
-PREDICT_ARGS = {"tile": 256, "overlap": 0.25, "batch_size": 8, "dtype": "bf16"}
+PREDICT_ARGS = {"tile": 256, "overlap": 0.25, "batch_size": 8, "dtype": "auto"}
 
 
 def child_plan(args: argparse.Namespace) -> None:

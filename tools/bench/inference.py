@@ -10,12 +10,14 @@ else an em5m.synth phantom. Both sides use the same model, tile and overlap (Gau
 
 - baseline: ``monai.inferers.sliding_window_inference`` over each in-memory slice, fp32;
 - engine: ``omniem.engine.predict`` to an OME-Zarr target in its best mode on this machine
-  (bf16 autocast, ``--batch-size`` tiles per forward pass, default blocks, ``--devices``: by
+  (precision ``auto``: bf16 autocast where the CPU computes bf16, else fp32; ``--batch-size``
+  tiles per forward pass, default blocks, ``--devices``: by
   default one worker process per core, which `tools/bench/forward_modes.py` measures fastest).
 
 Reports seconds, voxels/s, ``ratio_vs_monai`` (MONAI time / engine time), Dice between the two
 masks, and the model FLOP utilization of the engine: FLOPs of one tile forward
-(``torch.utils.flop_counter``) x tiles run / time, against the bf16 matmul rate measured here.
+(``torch.utils.flop_counter``) x tiles run / time, against the matmul rate measured here in the
+engine's precision (``engine_dtype``).
 Prints one JSON object.
 """
 
@@ -88,7 +90,10 @@ def main() -> None:
     net = omniem.load(args.model)
     vol = volume(tuple(args.shape))
     voxels = vol.size
-    rate = matmul_rate(torch.bfloat16)
+    from emdino.precision import resolve_precision
+
+    engine_dtype = resolve_precision("auto", "cpu")
+    rate = matmul_rate(torch.bfloat16 if engine_dtype == "bf16" else torch.float32)
     res: dict = {
         "benchmark": "inference",
         "model": args.model,
@@ -96,7 +101,8 @@ def main() -> None:
         "tile": args.tile,
         "overlap": args.overlap,
         "cpus": os.cpu_count(),
-        "bf16_matmul_flops": rate,
+        "engine_dtype": engine_dtype,
+        "matmul_flops": rate,
     }
 
     t0 = time.perf_counter()
@@ -126,7 +132,7 @@ def main() -> None:
         tile=args.tile,
         overlap=args.overlap,
         batch_size=args.batch_size,
-        dtype="bf16",
+        dtype=engine_dtype,
         output="labels",
         devices=args.devices,
         overwrite=True,
@@ -150,14 +156,14 @@ def main() -> None:
         engine_block_shape=list(p["block_shape"]),
         engine_halo_overhead=p["halo_overhead"],
         monai_fp32_s=round(t_monai, 1),
-        engine_bf16_s=round(t_engine, 1),
+        engine_s=round(t_engine, 1),
         ratio_vs_monai=round(t_monai / t_engine, 3),
         dice_engine_vs_monai=float(dice),
         engine_voxels_per_s=voxels / t_engine,
         monai_voxels_per_s=voxels / t_monai,
         engine_tiles=n_tiles,
         engine_model_flops=flops,
-        engine_mfu_vs_bf16_matmul=flops / t_engine / rate,
+        engine_mfu_vs_matmul=flops / t_engine / rate,
     )
     print(json.dumps(res, indent=2))
 

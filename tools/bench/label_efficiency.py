@@ -14,8 +14,8 @@ Every run is the ``mito_2d`` recipe (``omniem train``) with ``data.train_slices`
 and ``net.backbone`` either the bundled EM-DINO ViT-T/8 (``default``) or the same architecture
 randomly initialized (``vit_tiny_patch8.random``); nothing else changes. No validation during
 training. Scored like ``tools/bench/mito_baseline.py`` (foreground IoU pooled over the slices,
-256 px tiles, overlap 0.25, bf16) on every ``--val-step``-th of the 33 held-out slices 132-164
-(``lucchi_pp/val``). Runs go one after the other, each alone on the machine.
+256 px tiles, overlap 0.25, precision ``auto``) on every ``--val-step``-th of the 33 held-out
+slices 132-164 (``lucchi_pp/val``). Runs go one after the other, each alone on the machine.
 
 Prints one JSON object (also written to OUT/label_efficiency.json) and writes the table as
 markdown to OUT/label_efficiency.md (``--from-json FILE`` renders that table again, no runs).

@@ -345,8 +345,9 @@ def main() -> None:
             "model": str(model),
             "steps": max(r["step"] for r in steps),
             "train_s": round(train_s, 1),
-            "loss_first": losses[0],
-            "loss_last": losses[-1],
+            # None when the budget ended before the first logged step (train.log_every).
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
             **scores(net, images, labels, tiling, tta=args.tta),
         }
     add_gains(result)

@@ -14,8 +14,8 @@ Usage::
 - ``organelle``: Drosophila VNC ssTEM, the 4 held-out sections (``drosophila_vnc/val``,
   sections 16-19): per-class IoU and Dice and their means, pooled over the sections.
 
-Inference: `omniem.infer.predict_image` (256 px tiles, overlap 0.25, bf16). Prints one JSON
-object (also written to ``--out``).
+Inference: `omniem.infer.predict_image` (256 px tiles, overlap 0.25, precision ``auto``). Prints
+one JSON object (also written to ``--out``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 def _probabilities(net, images: np.ndarray) -> list[np.ndarray]:  # noqa: ANN001
     from omniem.infer import predict_image
 
-    return [predict_image(net, img, dtype="bf16").numpy() for img in images]
+    return [predict_image(net, img, dtype="auto").numpy() for img in images]
 
 
 def membrane(net) -> dict:  # noqa: ANN001
@@ -100,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     net = registry.load(args.model)
-    res = {"benchmark": f"segmentation_val/{args.task}", "model": args.model}
+    from emdino.precision import resolve_precision
+
+    res = {
+        "benchmark": f"segmentation_val/{args.task}",
+        "model": args.model,
+        "precision": resolve_precision("auto", "cpu"),
+    }
     res.update(membrane(net) if args.task == "membrane" else organelle(net))
     res["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(res, indent=1)

@@ -5,7 +5,8 @@ Usage::
     python tools/bench/train_step.py [--backbone vit_tiny_patch8.random] [--steps 4]
         [--layout vit] [--layout hybrid] ...
 
-One step = forward under bf16 autocast, DiceCE, backward and AdamW on a batch of 8 crops of
+One step = forward in the precision ``auto`` picks here (bf16 autocast where the CPU computes
+bf16, else fp32; recorded as ``precision``), DiceCE, backward and AdamW on a batch of 8 crops of
 256 x 256 (random values: the cost does not depend on them), after one warm-up step. The
 baseline is the UNet of ``tools/bench/mito_baseline.py`` (channels 32-512, 2 residual units).
 Layouts (``--layout``, repeatable; default: all):
@@ -32,6 +33,11 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+
+from emdino.precision import autocast, resolve_precision  # noqa: E402
+
+#: The precision of the timed steps: what "auto" picks on this machine.
+PRECISION = resolve_precision("auto", "cpu")
 
 #: Changes to the ``mito_2d`` recipe's network (the hybrid layout) per measured layout.
 LAYOUTS = {
@@ -65,7 +71,7 @@ def seconds_per_step(net: torch.nn.Module, steps: int, *, unit_range: bool) -> f
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(PRECISION):
             out = net(x if unit_range else x * 2 - 1)
         loss = loss_fn(out.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -94,7 +100,8 @@ def main() -> None:
     base = seconds_per_step(unet, args.steps, unit_range=False)
     result: dict = {
         "benchmark": "train_step",
-        "batch": "8 x 256 x 256, bf16 autocast, DiceCE, AdamW",
+        "batch": "8 x 256 x 256, DiceCE, AdamW",
+        "precision": PRECISION,
         "cpus": os.cpu_count(),
         "unet_s_per_step": round(base, 3),
         "layouts": {},

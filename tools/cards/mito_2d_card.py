@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from run_record import read_run  # tools/cards/, this script's folder
+from run_record import precision_words, read_run  # tools/cards/, this script's folder
 
 
 def layout(net: dict) -> str:
@@ -153,7 +153,7 @@ network (`omniem.nets.OmniEM`) in its hybrid layout: {layout(stages[0][0]["net"]
   `tools/bench/mito_baseline.py --budget-min {bench["budget_s"] / 60:.0f}`: wall-clock budget
   {bench["budget_s"] / 60:.0f} min, {stages[0][1]} steps of batch 8 (256 px crops, half centred on
   mitochondria, flips/rot90/gamma/intensity), DiceCE, AdamW, warm-up + cosine over the budget,
-  bf16 autocast{ema}; {stages[0][2] / 60:.1f} min.{later}
+  {precision_words(stages[0][0])}{ema}; {stages[0][2] / 60:.1f} min.{later}
 - In all: {steps} steps ({steps * 8} crops), {wall / 60:.1f} min of training wall time. No model
   selection on the validation slices (`data.val_split=null`: each stage's last weights are kept).
 - Hardware: 2 CPU cores (AVX-512 BF16, no AMX), 24 GiB RAM, no GPU.

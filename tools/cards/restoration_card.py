@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from run_record import read_run  # tools/cards/, this script's folder
+from run_record import precision_words, read_run  # tools/cards/, this script's folder
 
 TITLE = {
     "denoise": ("denoise-2d", "Denoising of 2D EM images (Poisson-Gaussian noise)"),
@@ -124,7 +124,8 @@ def main() -> None:
         f"- Recipe `{TITLE[a.task][0].replace('-', '_')}` (`omniem train`): {steps} steps"
         f"{stage_text} of batch {o['batch_size']} ({d['crop']} px crops, flips/rot90), loss "
         f"`{cfg['loss']['kind']}`, AdamW (last stage lr {o['lr']}), warm-up and cosine decay over "
-        f"a wall-clock budget, bf16 autocast; {wall / 60:.1f} min of training wall time.",
+        f"a wall-clock budget, {precision_words(cfg)}; {wall / 60:.1f} min of training wall "
+        "time.",
         "- Hardware: 2 CPU cores (AVX-512 BF16, no AMX), 24 GiB RAM, no GPU, shared with other "
         "work.",
         "",

@@ -15,3 +15,9 @@ def read_run(run: Path) -> tuple[dict, int, float]:
     steps = max((r.get("step", 0) for r in recs), default=0)
     wall = max((r.get("wall_s", 0.0) for r in recs), default=0.0)
     return cfg, steps, wall
+
+
+def precision_words(cfg: dict) -> str:
+    """How the run computed, from its saved ``train.precision`` (resolved since "auto" existed;
+    older runs, all bf16, saved "bf16")."""
+    return "bf16 autocast" if cfg["train"].get("precision", "bf16") == "bf16" else "fp32"

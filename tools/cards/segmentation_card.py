@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from run_record import read_run  # tools/cards/, this script's folder
+from run_record import precision_words, read_run  # tools/cards/, this script's folder
 
 DATA = {
     "membrane": (
@@ -66,14 +66,16 @@ def main() -> None:
         + (", elastic" if cfg["augment"].get("elastic_p", 0) > 0 else "")
         + f"), loss `{cfg['loss']['kind']}`, AdamW (lr {o['lr']}, backbone x "
         f"{o['backbone_lr_mult']}), warm-up and cosine decay over a wall-clock budget of "
-        f"{cfg['train']['time_budget_s'] / 60:.0f} min, bf16 autocast; {wall / 60:.1f} min of "
+        f"{cfg['train']['time_budget_s'] / 60:.0f} min, {precision_words(cfg)}; {wall / 60:.1f} "
+        "min of "
         "training wall time. A short run: the scores below are what this budget buys on two "
         "CPU cores, not what the recipe can reach.",
         "- Hardware: 2 CPU cores (AVX-512 BF16, no AMX), 24 GiB RAM, no GPU.",
         "",
         f"## Scores (`tools/bench/segmentation_val.py {a.task} --model {name}`)",
         "",
-        f"{sc['data']}, pixels pooled over the slices, 256 px tiles, overlap 0.25, bf16.",
+        f"{sc['data']}, pixels pooled over the slices, 256 px tiles, overlap 0.25, "
+        f"{sc.get('precision', 'bf16')}.",
         "",
     ]
     if a.task == "membrane":
