@@ -204,6 +204,15 @@ def test_bf16_autocast_stays_close_to_fp32(images):
     assert not torch.equal(a.patch, b.patch)  # it did run in reduced precision
 
 
+def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it():
+    from emdino.precision import native_bf16
+
+    auto = emdino.load("vit_small_patch14.random", img_size=112, dtype="auto")
+    assert auto.compute_dtype == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        emdino.load("vit_small_patch14.random", img_size=112, dtype="half-ish")
+
+
 def test_a_hand_downloaded_official_file_gets_its_registry_entry(tmp_path):
     """Loading dinov2_vits14_pretrain.pth by path uses the DINOv2 entry (ImageNet statistics)."""
     src = _random_timm("vit_small_patch14_dinov2")

@@ -210,8 +210,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default="fp32",
-        choices=["fp32", "bf16", "fp16"],
-        help="compute dtype (bf16/fp16 = autocast)",
+        choices=["fp32", "bf16", "fp16", "auto"],
+        help="compute dtype (bf16/fp16 = autocast; auto = bf16 where the device computes it "
+        "natively, else fp32)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 

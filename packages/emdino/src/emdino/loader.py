@@ -29,6 +29,7 @@ from emdino.models.registry import (
     get_pretrained,
     list_archs,
 )
+from emdino.precision import resolve_precision
 from emdino.weights import convert, files, store
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def load(
             ``vit.*``, timm, emdino safetensors).
         device: where the model runs.
         dtype: compute dtype: float32, or bfloat16 (``"bf16"``) / float16 for autocast; weights
-            stay float32.
+            stay float32. ``"auto"``: bf16 where ``device`` computes it natively, else float32
+            (`emdino.precision`; emulated bf16 is far slower than float32).
         img_size: side (pixels) of the position-embedding grid to build the model with (the
             checkpoint's grid is resampled once, as in training); default: the checkpoint's.
             Inputs of other sizes still work (resampled at run time).
@@ -82,6 +84,8 @@ def load(
         >>> model.name, model.embed_dim, model.in_chans
         ('vit_small_patch14.random', 384, 1)
     """
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        dtype = resolve_precision("auto", device)
     compute_dtype = as_dtype(dtype)
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
