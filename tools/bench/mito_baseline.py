@@ -306,10 +306,14 @@ def main() -> None:
             raise SystemExit(f"{path}: scored with another tiling; --rescore it first")
         if args.skip in earlier:
             result[args.skip] = earlier[args.skip]
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def stamp() -> str:  # when a side starts training
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
     if args.skip != "unet":
+        started = stamp()
         unet, info = train_unet(budget, args.seed, out)
-        info["started"] = stamp
+        info["started"] = started
         unet.eval()
         result["unet"] = {
             **info,
@@ -319,6 +323,7 @@ def main() -> None:
     if args.skip != "omniem":
         from omniem.train import train
 
+        started = stamp()
         sets = [
             f"train.time_budget_s={budget}",
             f"optim.total_steps={UNBOUNDED_STEPS}",
@@ -340,7 +345,7 @@ def main() -> None:
         steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in steps if "loss" in r]
         result["omniem"] = {
-            "started": stamp,
+            "started": started,
             "backbone": cfg.net.backbone,
             "model": str(model),
             "steps": max(r["step"] for r in steps),
