@@ -103,7 +103,7 @@ def segment(vol: em5m.Volume, out: Path, args: argparse.Namespace) -> None:
         where = f"slices {z0}..{z1 - 1} of {vol.shape[vol.axes.index('z')]}"
     print(
         f"main-job: step 4  segmenting {where} with {args.model} ({p['n_blocks']} blocks, "
-        f"{p['n_batches']} batches of tiles on {args.devices}, {p.get('dtype', args.dtype)})"
+        f"{p['n_batches']} batches of tiles on {args.devices}, {p['dtype']})"
     )
     target = out / "prediction.ome.zarr"
     with TqdmProgress("main-job: predict") as bar:

@@ -19,7 +19,9 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -29,24 +31,14 @@ from emdino.precision import autocast, native_bf16, resolve_precision  # noqa: E
 
 
 def _networks(size: int) -> dict[str, torch.nn.Module]:
-    from monai.networks.nets import UNet
+    sys.path.insert(0, str(Path(__file__).parent))
+    from mito_baseline import baseline_unet  # the UNet of the mito-2d comparison
 
     from omniem.nets import build
     from omniem.train import load_config
 
     net = load_config("mito_2d", ["net.backbone=vit_tiny_patch8.random"]).net
-    return {
-        "unet": UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=2,
-            channels=(32, 64, 128, 256, 512),
-            strides=(2, 2, 2, 2),
-            num_res_units=2,
-            norm="instance",
-        ),
-        "omniem": build(net, img_size=size),
-    }
+    return {"unet": baseline_unet(), "omniem": build(net, img_size=size)}
 
 
 def _seconds(fn, reps: int) -> float:  # noqa: ANN001

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from emdino.precision import autocast
+from emdino.precision import autocast, resolve_precision
 from omniem.nets import OmniEM, activate
 
 #: Sliding-window tiling of a model whose card names none (models trained before cards did).
@@ -82,6 +82,7 @@ def predict_image(
         raise ValueError(f"expected a 2D image [H, W], got shape {tuple(x.shape)}")
     x = (x.float() / 255.0) if x.dtype == torch.uint8 else x.float()
     x = x[None, None].to(net.backbone.device)
+    dtype = resolve_precision(dtype, x.device)  # once, not per batch of windows
     was = net.training
     net.eval()
     try:
