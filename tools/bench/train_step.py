@@ -17,6 +17,7 @@ Layouts (``--layout``, repeatable; default: all):
   ``backbone_bin: 4``, ``feature_size: 32``, backbone frozen);
 - ``hybrid_full_backbone``: the same with the backbone fine-tuned too;
 - ``hybrid_bin2``: the same with the ViT on the image binned 2x;
+- ``hybrid_bottleneck``: the same with ``bottleneck_units: 2`` (the UNet's bottom layer);
 - ``hybrid_full_res_stem``: the earlier recipe (git 263c079): full-resolution stem,
   ``backbone_bin: 2``, ``feature_size: 16``, full fine-tuning.
 
@@ -51,6 +52,7 @@ LAYOUTS = {
     "hybrid": {},
     "hybrid_full_backbone": {"backbone_mode": "full"},
     "hybrid_bin2": {"backbone_bin": 2},
+    "hybrid_bottleneck": {"bottleneck_units": 2},
     "hybrid_full_res_stem": {
         "stem_stride": 1,
         "backbone_bin": 2,

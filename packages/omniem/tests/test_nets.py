@@ -102,14 +102,36 @@ def test_strided_stem_leaves_only_the_head_at_full_resolution(arch: str) -> None
     assert bb.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("conv_encoder", [True, False], ids=["hybrid", "vit"])
+def test_bottleneck_is_a_unet_bottom_layer_on_the_decoder_input(conv_encoder: bool) -> None:
+    bb = tiny_backbone("vit_tiny_patch8")
+    common = {"backbone": "vit_tiny_patch8.random", "feature_size": 8}
+    cfg = NetConfig(**common, conv_encoder=conv_encoder, bottleneck_units=2)
+    net = OmniEM(bb, cfg)
+    n = len(net.ups)
+    fed = bb.embed_dim + (8 * 2**n if conv_encoder else 0)
+    assert net.bottleneck.conv.unit0.conv.in_channels == fed
+    assert net.bottleneck.conv.unit1.conv.out_channels == 8 * 2 ** (n + 1)
+    assert net.ups[0].transp_conv.conv.in_channels == 8 * 2 ** (n + 1)
+    y = net(torch.rand(2, 1, 37, 29))
+    assert y.shape == (2, 2, 37, 29)
+    y.mean().backward()
+    assert net.bottleneck.conv.unit0.conv.weight.grad.abs().sum() > 0
+    # Without it the module is a parameter-free identity, so model files saved before it load.
+    plain = OmniEM(tiny_backbone("vit_tiny_patch8"), NetConfig(**common, conv_encoder=conv_encoder))
+    assert isinstance(plain.bottleneck, torch.nn.Identity)
+    assert not any(k.startswith("bottleneck") for k in plain.state_dict())
+
+
 @pytest.mark.parametrize(
     "layout",
     [
         {},
         {"conv_encoder": True, "backbone_bin": 2},
         {"conv_encoder": True, "backbone_bin": 2, "stem_stride": 2},
+        {"conv_encoder": True, "backbone_bin": 2, "stem_stride": 2, "bottleneck_units": 2},
     ],
-    ids=["vit", "hybrid", "hybrid_strided_stem"],
+    ids=["vit", "hybrid", "hybrid_strided_stem", "hybrid_bottleneck"],
 )
 def test_3d_at_zero_init_equals_2d_slice_by_slice(layout: dict) -> None:
     cfg2 = NetConfig(backbone="vit_tiny_patch8.random", out_channels=2, feature_size=8, **layout)

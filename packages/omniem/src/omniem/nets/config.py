@@ -58,6 +58,10 @@ class NetConfig(BaseModel):
         backbone_bin: the backbone sees the image area-binned by this factor (its features are
             resized back to the token grid): ``bin**2`` fewer tokens, for structures much larger
             than a patch.
+        bottleneck_units: 0: the decoder starts on the concatenation of the last ViT level and
+            (hybrid) the deepest conv level; n > 0: a MONAI ``ResidualUnit`` of n convolutions
+            (stride 1) first maps it to twice the deepest level's channels, like the bottom
+            layer of a MONAI UNet: convolutional context on the coarsest grid, beside the ViT's.
         grad_checkpointing: recompute backbone activations in the backward pass (less memory).
 
     Examples:
@@ -91,6 +95,7 @@ class NetConfig(BaseModel):
     conv_encoder: bool = False
     stem_stride: Literal[1, 2] = 1
     backbone_bin: int = Field(1, ge=1)
+    bottleneck_units: int = Field(0, ge=0)
     grad_checkpointing: bool = False
 
     @model_validator(mode="after")

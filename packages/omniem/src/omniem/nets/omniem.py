@@ -21,6 +21,9 @@ Shapes, for a backbone with patch size ``p`` and token grid ``G = H / p`` (after
   (conv level k at ``H / 2^(k+1)``), the last decoder stage ends at ``H / 2`` and the head is a
   transposed convolution to the image size: the MONAI UNet's layout, whose only full-resolution
   layer is its output.
+- ``bottleneck_units = n``: a MONAI ``ResidualUnit`` (n convolutions, stride 1) on the decoder's
+  first input (the last ViT level, concatenated with the deepest conv level in the hybrid), with
+  twice the deepest level's channels: the MONAI UNet's bottom layer.
 - ``backbone_bin = b``: the ViT runs on the image area-binned by ``b`` (``b**2`` fewer tokens); its
   maps are resized (bilinear) back to the decoder's first grid.
 
@@ -138,7 +141,20 @@ class OmniEM(nn.Module):
             )
             for s in range(1, n_stages)
         )
-        ins = [dim + (fs * 2**n_stages if config.conv_encoder else 0), *chans[:-1]]
+        bottom = dim + (fs * 2**n_stages if config.conv_encoder else 0)
+        if config.bottleneck_units:
+            self.bottleneck: nn.Module = ResidualUnit(
+                sd,
+                bottom,
+                fs * 2 ** (n_stages + 1),
+                strides=1,
+                subunits=config.bottleneck_units,
+                norm=norm,
+            )
+            bottom = fs * 2 ** (n_stages + 1)
+        else:
+            self.bottleneck = nn.Identity()  # no parameters: older model files load unchanged
+        ins = [bottom, *chans[:-1]]
         self.ups = nn.ModuleList(
             UnetrUpBlock(
                 sd,
@@ -297,6 +313,7 @@ class OmniEM(nn.Module):
         n = len(self.ups)
         if self.encoder:
             d = torch.cat([d, pyramid[-1].to(d.dtype)], dim=1)
+        d = self.bottleneck(d)
         for s in range(n):
             if s < n - 1:
                 skip = self.skips[s](maps[n - 2 - s])
