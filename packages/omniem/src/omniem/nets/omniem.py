@@ -143,15 +143,11 @@ class OmniEM(nn.Module):
         )
         bottom = dim + (fs * 2**n_stages if config.conv_encoder else 0)
         if config.bottleneck_units:
+            widest = fs * 2 ** (n_stages + 1)
             self.bottleneck: nn.Module = ResidualUnit(
-                sd,
-                bottom,
-                fs * 2 ** (n_stages + 1),
-                strides=1,
-                subunits=config.bottleneck_units,
-                norm=norm,
+                sd, bottom, widest, strides=1, subunits=config.bottleneck_units, norm=norm
             )
-            bottom = fs * 2 ** (n_stages + 1)
+            bottom = widest
         else:
             self.bottleneck = nn.Identity()  # no parameters: older model files load unchanged
         ins = [bottom, *chans[:-1]]
